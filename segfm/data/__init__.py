@@ -1,0 +1,26 @@
+"""Data modules: files on disk to samples of the Sample contract (:mod:`segfm.data.sample`).
+
+The modules are imported on first access (``segfm.data.NpySliceDataModule``), so that the data
+tools and the readers in :mod:`segfm.data.io` load without Lightning.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from segfm.data.base import BaseDataModule
+    from segfm.data.npy_slices import NpySliceDataModule
+
+__all__ = ["BaseDataModule", "NpySliceDataModule"]
+
+_MODULES = {"BaseDataModule": "segfm.data.base", "NpySliceDataModule": "segfm.data.npy_slices"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a data module on first access."""
+    if name in _MODULES:
+        return getattr(import_module(_MODULES[name]), name)
+    msg = f"module 'segfm.data' has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -18,17 +18,18 @@ key                type                     meaning
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 TENSOR_KEYS = ("image", "label", "pseudo_label", "spacing")
 
 
-@dataclass(frozen=True)
-class ClassInfo:
+class ClassInfo(NamedTuple):
     """What a class id means.
+
+    Immutable, and a named tuple rather than a frozen dataclass: Lightning's ``batch_to_device``
+    rebuilds every dataclass in a batch by assigning its fields, which a frozen one refuses.
 
     Args:
         name: Short name of the class (``"liver"``).
@@ -36,7 +37,7 @@ class ClassInfo:
     """
 
     name: str
-    prompts: tuple[str, ...] = field(default_factory=tuple)
+    prompts: tuple[str, ...] = ()
 
 
 Sample = dict[str, Any]
@@ -67,7 +68,10 @@ def collate(samples: list[Sample]) -> Batch:
             shapes = {tuple(v.shape) for v in values}
             if len(shapes) > 1:
                 names = [s.get("meta", {}).get("case_id", "?") for s in samples]
-                msg = f"samples {names} have different '{key}' shapes {sorted(shapes)}; resize or crop them to one size"
+                msg = (
+                    f"samples {names} have different '{key}' shapes {sorted(shapes)}; "
+                    "resize or crop them to one size"
+                )
                 raise ValueError(msg)
             batch[key] = torch.stack([torch.as_tensor(v) for v in values])
         else:

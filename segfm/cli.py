@@ -1,0 +1,114 @@
+"""The ``segfm`` command: Lightning's fit/validate/test/predict plus segfm's own subcommands."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+
+from segfm.data.base import BaseDataModule
+from segfm.errors import SegfmError
+from segfm.export import export
+from segfm.methods.base import BaseTask
+
+#: segfm's own subcommands: thin wrappers whose arguments come from the library function
+EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {"export": export}
+
+
+class SegfmSaveConfig(SaveConfigCallback):
+    """Save the resolved config with the run, and into W&B's run config when W&B logs.
+
+    ``fit`` writes ``config.yaml``; other subcommands write ``config_<stage>.yaml``, so testing
+    into the folder of a fit never overwrites the fit's config.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Pick the file name from the stage, then save."""
+        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
+        if stage != "fit":
+            self.config_filename = f"config_{stage}.yaml"
+        super().setup(trainer, pl_module, stage)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Send the resolved config to every W&B logger (rank zero)."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                config = (
+                    self.config.as_dict() if hasattr(self.config, "as_dict") else dict(self.config)
+                )
+                logger.experiment.config.update(config, allow_val_change=True)
+
+
+class SegfmCLI(LightningCLI):
+    """LightningCLI on segfm's base classes (subclass mode) with extra subcommands."""
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        subcommands = parser._subcommands_action
+        for name, fn in EXTRA_SUBCOMMANDS.items():
+            description = (fn.__doc__ or "").strip().splitlines()[0]
+            sub = LightningArgumentParser(description=description)
+            sub.add_function_arguments(fn, fail_untyped=True)
+            subcommands.add_subcommand(name, sub, help=description)
+
+    def _parse_ckpt_path(self) -> None:
+        if self.config.get("subcommand") in EXTRA_SUBCOMMANDS:
+            return
+        super()._parse_ckpt_path()
+
+    def _set_seed(self) -> None:
+        if self.config.get("subcommand") in EXTRA_SUBCOMMANDS:
+            return
+        super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        """Instantiate model, data and trainer, except for segfm's own subcommands."""
+        if self.subcommand in EXTRA_SUBCOMMANDS:
+            return
+        super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand in EXTRA_SUBCOMMANDS:
+            EXTRA_SUBCOMMANDS[subcommand](**self.config[subcommand].as_dict())
+            return
+        super()._run_subcommand(subcommand)
+
+
+def main(args: list[str] | None = None) -> SegfmCLI | None:
+    """Run the segfm command line.
+
+    Args:
+        args: Arguments instead of ``sys.argv[1:]`` (for tests and notebooks).
+
+    Returns:
+        The CLI object, or None when a user error was reported.
+    """
+    debug = os.environ.get("SEGFM_DEBUG", "") not in ("", "0")
+    argv = list(sys.argv[1:] if args is None else args)
+    if "--debug" in argv:
+        argv.remove("--debug")
+        debug = True
+    os.environ.setdefault("WANDB_MODE", "offline")
+    try:
+        return SegfmCLI(
+            model_class=BaseTask,
+            datamodule_class=BaseDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_callback=SegfmSaveConfig,
+            args=argv,
+        )
+    except SegfmError as err:
+        if debug:
+            raise
+        print(f"segfm: error: {err}", file=sys.stderr)
+        print("segfm: run again with --debug (or SEGFM_DEBUG=1) for the traceback", file=sys.stderr)
+        if args is None:
+            raise SystemExit(2) from None
+        raise

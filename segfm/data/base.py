@@ -1,0 +1,78 @@
+"""The base of every segfm data module: loaders over per-split datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from segfm.data.sample import Sample, collate
+from segfm.errors import ConfigError
+
+_STAGE_OF = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}
+
+
+class BaseDataModule(LightningDataModule):
+    """Loaders shared by all data formats.
+
+    A subclass fills ``self.datasets[split]`` (``train``, ``val``, ``test``, ``predict``) in
+    ``setup(stage)``; this class turns them into loaders that yield batches of the Sample contract
+    (:func:`segfm.data.sample.collate`).
+
+    Args:
+        root: Data folder.
+        batch_size: Samples per batch (splits in :attr:`one_sample_splits` use 1).
+        num_workers: Loader processes; 0 loads in the main process. Workers persist across
+            epochs.
+    """
+
+    #: splits whose samples differ in size (whole volumes), loaded one sample per batch
+    one_sample_splits: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, root: str, batch_size: int = 8, num_workers: int = 2) -> None:
+        super().__init__()
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        if num_workers < 0:
+            msg = f"num_workers must be >= 0, got {num_workers}"
+            raise ValueError(msg)
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.datasets: dict[str, Dataset[Sample]] = {}
+
+    def _dataloader(self, split: str) -> DataLoader[Sample]:
+        """A loader over one split (shuffled for ``train``)."""
+        if split not in self.datasets:
+            msg = (
+                f"{type(self).__name__} has no '{split}' data: run setup('{_STAGE_OF[split]}') "
+                "first (the Trainer does) and check that the split has cases"
+            )
+            raise ConfigError(msg)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=1 if split in self.one_sample_splits else self.batch_size,
+            shuffle=split == "train",
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader[Sample]:
+        """Loader of the training split (shuffled)."""
+        return self._dataloader("train")
+
+    def val_dataloader(self) -> DataLoader[Sample]:
+        """Loader of the validation split."""
+        return self._dataloader("val")
+
+    def test_dataloader(self) -> DataLoader[Sample]:
+        """Loader of the test split."""
+        return self._dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader[Sample]:
+        """Loader of the prediction split."""
+        return self._dataloader("predict")

@@ -1,0 +1,364 @@
+"""MedSAM: SAM fine-tuned with box prompts on 2D slices, applied to volumes by slice propagation."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from monai.losses import DiceLoss
+from torch import Tensor, nn
+
+from segfm.checkpoints.sam import load_into
+from segfm.data.io.nifti import write_nifti
+from segfm.data.sample import Batch
+from segfm.evaluation import CaseTable, case_scores, log_table
+from segfm.methods.base import BaseTask
+from segfm.models import build_sam
+from segfm.prompts import expand_boxes, jitter_boxes, masks_to_boxes, volume_boxes
+
+
+class MedSAM(BaseTask):
+    """MedSAM (Ma et al., Nature Communications 2024) on any data module yielding 2D slices.
+
+    Training (``fit``): for each slice, ``targets_per_image`` labels present in it become binary
+    targets; each gets its tight box with every side pushed out by 0..``box_shift`` pixels. The
+    image is encoded once and every box decoded on that embedding; the single-mask low-res logits
+    are upsampled to the input size and scored with Dice (sigmoid, squared) + BCE, 1:1. The prompt
+    encoder is frozen.
+
+    Inference (``test`` / ``predict``) on volumes ``[1, D, H, W]``: per class, the middle slice is
+    segmented from its box; the neighbouring slices are then segmented one after the other, each
+    from the box of the previous slice's mask grown by ``propagation_margin`` pixels (the middle
+    box when the previous mask is empty), within the class's slice range.
+
+    Args:
+        arch: SAM size (``vit_b`` is the published MedSAM; ``tiny`` for tests and the demo).
+        image_size: Network input size; defaults to the architecture's (1024, or 128 for tiny).
+        checkpoint: Initial weights: an official SAM file, MedSAM's ``{"model": ...}`` checkpoint
+            or a plain state dict.
+        freeze_image_encoder: Also freeze the image encoder (decoder-only fine-tuning).
+        box_shift: Largest outward shift of each box side during training, in input pixels.
+        targets_per_image: Labels (and boxes) sampled per training slice.
+        mask_threshold: Probability above which a pixel is foreground.
+        propagation_margin: Pixels added on each side of the previous slice's box.
+        nsd_tolerance: NSD tolerance in mm.
+        encode_batch_size: Slices encoded together during volume inference.
+        save_predictions: Write predicted volumes as NIfTI during test / predict.
+        num_overlays: Cases for which an overlay PNG is written during test / predict.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        output_dir: Folder for test/predict outputs (default: the run's log folder).
+        export_official: Write an official SAM file beside every checkpoint.
+    """
+
+    monitor = "val_dice"
+    mode = "max"
+    official_format = "sam"
+
+    def __init__(
+        self,
+        arch: Literal["vit_b", "vit_l", "vit_h", "tiny"] = "vit_b",
+        image_size: int | None = None,
+        checkpoint: str | None = None,
+        freeze_image_encoder: bool = False,
+        box_shift: int = 20,
+        targets_per_image: int = 1,
+        mask_threshold: float = 0.5,
+        propagation_margin: int = 3,
+        nsd_tolerance: float = 2.0,
+        encode_batch_size: int = 8,
+        save_predictions: bool = True,
+        num_overlays: int = 4,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        output_dir: str | None = None,
+        export_official: bool = True,
+    ) -> None:
+        if box_shift < 0:
+            msg = f"box_shift must be >= 0, got {box_shift}"
+            raise ValueError(msg)
+        if targets_per_image < 1:
+            msg = f"targets_per_image must be >= 1, got {targets_per_image}"
+            raise ValueError(msg)
+        if not 0.0 < mask_threshold < 1.0:
+            msg = f"mask_threshold must be in (0, 1), got {mask_threshold}"
+            raise ValueError(msg)
+        super().__init__(
+            lr=lr, weight_decay=weight_decay, output_dir=output_dir, export_official=export_official
+        )
+
+    def configure_models(self) -> None:
+        """Build SAM, load the initial weights and freeze the prompt encoder."""
+        overrides = (
+            {} if self.hparams["image_size"] is None else {"image_size": self.hparams["image_size"]}
+        )
+        self.model = build_sam(self.hparams["arch"], **overrides)
+        if self.hparams["checkpoint"]:
+            load_into(self.model, self.hparams["checkpoint"])
+        self.model.prompt_encoder.requires_grad_(False)
+        if self.hparams["freeze_image_encoder"]:
+            self.model.image_encoder.requires_grad_(False)
+
+    def configure_losses(self) -> None:
+        """Dice (sigmoid, squared denominator) and BCE on logits, summed 1:1."""
+        self.dice_loss = DiceLoss(sigmoid=True, squared_pred=True, reduction="mean")
+        self.bce_loss = nn.BCEWithLogitsLoss(reduction="mean")
+
+    def configure_metrics(self) -> None:
+        """Prepare the test tables."""
+        self.case_table = CaseTable(["dsc", "nsd"])
+        self.class_table = CaseTable(["dsc", "nsd"])
+        self._overlays_written = 0
+
+    # ------------------------------------------------------------------ training
+    def sample_targets(
+        self, label: Tensor, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Binary targets and jittered boxes from a batch of label maps.
+
+        Args:
+            label: Label maps ``[B, H, W]``.
+            generator: CPU random generator (validation uses a seeded one).
+
+        Returns:
+            Targets ``[N, H, W]`` (float), boxes ``[N, 4]`` and the image index ``[N]`` of each.
+        """
+        targets, index = [], []
+        for b in range(label.shape[0]):
+            present = torch.unique(label[b])
+            present = present[present > 0]
+            if present.numel() == 0:
+                continue
+            order = torch.randperm(present.numel(), generator=generator)[
+                : self.hparams["targets_per_image"]
+            ]
+            for c in present[order.to(present.device)]:
+                targets.append(label[b] == c)
+                index.append(b)
+        if not targets:
+            msg = (
+                "no labelled pixel in this batch; the data module must yield slices with foreground"
+            )
+            raise ValueError(msg)
+        masks = torch.stack(targets)
+        boxes = jitter_boxes(
+            masks_to_boxes(masks), self.hparams["box_shift"], tuple(masks.shape[-2:]), generator
+        )
+        return masks.float(), boxes, torch.tensor(index, device=label.device)
+
+    def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
+        image, label = batch["image"], batch["label"][:, 0]
+        generator = None if stage == "train" else torch.Generator().manual_seed(batch_idx)
+        targets, boxes, index = self.sample_targets(label, generator)
+        embeddings = self.model.encode(image)
+        logits, _ = self.model.decode(
+            embeddings, boxes=boxes, image_index=index, multimask_output=False
+        )
+        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
+        target = targets[:, None]
+        loss = self.dice_loss(logits, target) + self.bce_loss(logits, target)
+        pred = logits > 0
+        inter = (pred & target.bool()).flatten(1).sum(1)
+        dsc = (2 * inter / (pred.flatten(1).sum(1) + target.flatten(1).sum(1)).clamp(min=1)).mean()
+        n = image.shape[0]
+        self.log(f"{stage}_loss", loss, batch_size=n, prog_bar=True, sync_dist=stage != "train")
+        self.log(
+            f"{stage}_dice",
+            dsc,
+            batch_size=n,
+            prog_bar=stage != "train",
+            sync_dist=stage != "train",
+        )
+        return loss
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Image encoder and mask decoder at the base learning rate (prompt encoder frozen)."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    # ----------------------------------------------------------------- inference
+    def preprocess_slices(self, slices: Tensor) -> Tensor:
+        """MedSAM's 2D input: 3 channels, bicubic resize to the network size, min-max to [0, 1].
+
+        Args:
+            slices: Grey slices ``[N, H, W]``.
+
+        Returns:
+            Network input ``[N, 3, S, S]``.
+        """
+        size = self.model.image_size
+        x = F.interpolate(
+            slices[:, None].float(),
+            size=(size, size),
+            mode="bicubic",
+            antialias=True,
+            align_corners=False,
+        )
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        x = (x - lo) / (hi - lo).clamp(min=1e-8)
+        return x.expand(-1, 3, -1, -1)
+
+    @torch.no_grad()
+    def segment_volume(self, volume: Tensor, boxes: dict[int, dict[str, int]]) -> Tensor:
+        """Segment classes of a volume from their 3D boxes by slice propagation.
+
+        Every class starts on its middle slice and propagates up and down; the fronts of all
+        classes and both directions advance together, so each step is one decoder call.
+
+        Args:
+            volume: Grey volume ``[D, H, W]``.
+            boxes: Per class, ``z_min``, ``z_max``, ``z_mid`` and the 2D box on ``z_mid``
+                (see :func:`segfm.prompts.volume_boxes`).
+
+        Returns:
+            Label volume ``[D, H, W]`` (int64); overlaps go to the most probable class.
+        """
+        depth, h, w = volume.shape
+        needed = sorted({z for b in boxes.values() for z in range(b["z_min"], b["z_max"] + 1)})
+        cache = self._encode_slices(volume, needed)
+        threshold, margin = self.hparams["mask_threshold"], self.hparams["propagation_margin"]
+        best = torch.zeros((depth, h, w), device=volume.device)
+        seg = torch.zeros((depth, h, w), dtype=torch.long, device=volume.device)
+        mid_boxes = {
+            c: torch.tensor(
+                [b["z_mid_x_min"], b["z_mid_y_min"], b["z_mid_x_max"], b["z_mid_y_max"]],
+                dtype=torch.float32,
+                device=volume.device,
+            )
+            for c, b in boxes.items()
+        }
+        # a front: [class, slice, direction, previous probability map or None]
+        fronts: list[list[Any]] = [[c, b["z_mid"], 0, None] for c, b in boxes.items()]
+        while fronts:
+            prompts = []
+            for c, _, _, prev in fronts:
+                if prev is not None and (prev > threshold).any():
+                    prompts.append(
+                        expand_boxes(masks_to_boxes((prev > threshold)[None]), margin, (h, w))[0]
+                    )
+                else:
+                    prompts.append(mid_boxes[c])
+            embeddings = torch.cat([cache[z] for _, z, _, _ in fronts])
+            probs = self._decode_slices(embeddings, torch.stack(prompts), (h, w))
+            advanced = []
+            for (c, z, step, _), prob in zip(fronts, probs, strict=True):
+                win = (prob > threshold) & (prob > best[z])
+                seg[z][win] = c
+                best[z][win] = prob[win]
+                for nxt in (1, -1) if step == 0 else (step,):
+                    if boxes[c]["z_min"] <= z + nxt <= boxes[c]["z_max"]:
+                        advanced.append([c, z + nxt, nxt, prob])
+            fronts = advanced
+        return seg
+
+    def _encode_slices(self, volume: Tensor, zs: list[int]) -> dict[int, Tensor]:
+        cache: dict[int, Tensor] = {}
+        step = self.hparams["encode_batch_size"]
+        for i in range(0, len(zs), step):
+            chunk = zs[i : i + step]
+            emb = self.model.encode(self.preprocess_slices(volume[chunk]))
+            cache.update({z: emb[j : j + 1] for j, z in enumerate(chunk)})
+        return cache
+
+    def _decode_slices(self, embeddings: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
+        """Probability maps ``[N, H, W]`` of N slice embeddings, one box (original pixels) each."""
+        h, w = size
+        scale = torch.tensor(
+            [self.model.image_size / w, self.model.image_size / h] * 2, device=boxes.device
+        )
+        logits, _ = self.model.decode(embeddings, boxes=boxes * scale, multimask_output=False)
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)[:, 0]
+
+    def _infer_batch(self, batch: Batch) -> list[dict[str, Any]]:
+        if batch["image"].ndim != 5:
+            msg = (
+                f"MedSAM test/predict works on volumes [B, C, D, H, W], got "
+                f"{tuple(batch['image'].shape)}; "
+                "use a data module whose test split yields volumes"
+            )
+            raise ValueError(msg)
+        results = []
+        for i in range(batch["image"].shape[0]):
+            volume, label = batch["image"][i, 0], batch["label"][i, 0]
+            class_ids = [int(c) for c in torch.unique(label) if c > 0]
+            boxes = volume_boxes(label, class_ids)
+            seg = self.segment_volume(volume, boxes)
+            spacing = [float(v) for v in batch["spacing"][i]]
+            results.append(
+                {"seg": seg, "label": label, "volume": volume, "boxes": boxes, "index": i}
+                | {"spacing": spacing}
+            )
+        return results
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """Segment each volume from boxes of its reference, score it, write outputs."""
+        for r in self._infer_batch(batch):
+            i = r["index"]
+            meta, classes = batch["meta"][i], batch.get("classes", [{}] * (i + 1))[i]
+            seg, label = r["seg"].cpu().numpy(), r["label"].cpu().numpy()
+            scores = case_scores(
+                seg, label, r["spacing"], list(r["boxes"]), self.hparams["nsd_tolerance"]
+            )
+            case_id = meta.get("case_id", f"case_{batch_idx}_{i}")
+            for c, s in scores.items():
+                name = classes[c].name if c in classes else str(c)
+                self.class_table.add(case=case_id, class_id=c, class_name=name, **s)
+            dsc = float(np.mean([s["dsc"] for s in scores.values()])) if scores else float("nan")
+            nsd = float(np.mean([s["nsd"] for s in scores.values()])) if scores else float("nan")
+            self.case_table.add(case=case_id, classes=len(scores), dsc=dsc, nsd=nsd)
+            self.log("test_dsc", dsc, batch_size=1, on_epoch=True)
+            self.log("test_nsd", nsd, batch_size=1, on_epoch=True)
+            self._write_outputs(case_id, r, meta)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
+        """Segment each volume from boxes of its label; returns the label volumes."""
+        out = []
+        for r in self._infer_batch(batch):
+            meta = batch["meta"][r["index"]]
+            self._write_outputs(meta.get("case_id", f"case_{batch_idx}_{r['index']}"), r, meta)
+            out.append(r["seg"].cpu())
+        return out
+
+    @rank_zero_only
+    def _write_outputs(self, case_id: str, result: dict[str, Any], meta: dict[str, Any]) -> None:
+        seg = result["seg"].cpu().numpy()
+        seg = seg.astype(np.uint8 if seg.max() < 256 else np.uint16)
+        if self.hparams["save_predictions"]:
+            affine = meta.get("affine")
+            if affine is None:  # no source grid known: voxel size only, (x, y, z) order
+                affine = np.diag([*reversed(result["spacing"]), 1.0])
+            write_nifti(self.output_dir / "predictions" / f"{case_id}.nii.gz", seg, affine)
+        if self._overlays_written < self.hparams["num_overlays"] and result["boxes"]:
+            largest = max(
+                result["boxes"].values(),
+                key=lambda b: (
+                    (b["z_mid_x_max"] - b["z_mid_x_min"]) * (b["z_mid_y_max"] - b["z_mid_y_min"])
+                ),
+            )
+            z = largest["z_mid"]
+            image, reference = result["volume"][z].cpu().numpy(), result["label"][z].cpu().numpy()
+            self.save_overlay(f"{case_id}_z{z:03d}", image, seg[z], reference)
+            self._overlays_written += 1
+
+    def on_test_epoch_start(self) -> None:
+        """Start empty tables."""
+        self.configure_metrics()
+
+    def on_predict_epoch_start(self) -> None:
+        """Start counting overlays."""
+        self._overlays_written = 0
+
+    @rank_zero_only
+    def on_test_epoch_end(self) -> None:
+        """Write the per-case and per-class tables and print the per-case table."""
+        if not len(self.case_table):
+            return
+        self.class_table.write(self.output_dir, "test_classes")
+        self.case_table.write(self.output_dir, "test_cases")
+        rows = [[r["case"], r["class_name"], r["dsc"], r["nsd"]] for r in self.class_table.rows]
+        log_table(self.trainer.loggers, "test/classes", ["case", "class", "dsc", "nsd"], rows)
+        rank_zero_info(f"\nPer-case scores ({self.output_dir}):\n" + self.case_table.to_markdown())

@@ -1,0 +1,122 @@
+"""Box prompts: tight boxes of binary masks and the random enlargement used in training."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masks_to_boxes(masks: Tensor) -> Tensor:
+    """Tight bounding boxes of 2D binary masks.
+
+    Args:
+        masks: Binary masks ``[N, H, W]``.
+
+    Returns:
+        Boxes ``[N, 4]`` as ``(x_min, y_min, x_max, y_max)`` in pixel indices (inclusive, float).
+        An empty mask gives the whole image.
+    """
+    if masks.ndim != 3:
+        msg = f"masks must be [N, H, W], got shape {tuple(masks.shape)}"
+        raise ValueError(msg)
+    _n, h, w = masks.shape
+    masks = masks.bool()
+    rows = masks.any(dim=2)  # [N, H]
+    cols = masks.any(dim=1)  # [N, W]
+    ys = torch.arange(h, device=masks.device)
+    xs = torch.arange(w, device=masks.device)
+    big = max(h, w) + 1
+    y_min = torch.where(rows, ys, big).amin(dim=1)
+    y_max = torch.where(rows, ys, -1).amax(dim=1)
+    x_min = torch.where(cols, xs, big).amin(dim=1)
+    x_max = torch.where(cols, xs, -1).amax(dim=1)
+    boxes = torch.stack([x_min, y_min, x_max, y_max], dim=1).float()
+    empty = ~rows.any(dim=1)
+    if empty.any():
+        whole = torch.tensor([0.0, 0.0, w - 1.0, h - 1.0], device=masks.device)
+        boxes[empty] = whole
+    return boxes
+
+
+def jitter_boxes(
+    boxes: Tensor, max_shift: int, size: tuple[int, int], generator: torch.Generator | None = None
+) -> Tensor:
+    """Push every side of each box outwards by a random 0..``max_shift`` pixels (MedSAM's rule).
+
+    Args:
+        boxes: Boxes ``[N, 4]`` as ``(x_min, y_min, x_max, y_max)``.
+        max_shift: Largest outward shift of one side, in pixels (inclusive).
+        size: Image size ``(H, W)``; boxes are clamped to ``[0, W] x [0, H]``.
+        generator: Random generator (on the boxes' device) for reproducible shifts.
+
+    Returns:
+        Enlarged boxes ``[N, 4]``.
+    """
+    if max_shift < 0:
+        msg = f"max_shift must be >= 0, got {max_shift}"
+        raise ValueError(msg)
+    if max_shift == 0:
+        return boxes.clone()
+    device = generator.device if generator is not None else boxes.device
+    shift = torch.randint(0, max_shift + 1, boxes.shape, generator=generator, device=device)
+    shift = shift.to(device=boxes.device, dtype=boxes.dtype)
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device, dtype=boxes.dtype)
+    out = boxes + sign * shift
+    h, w = size
+    upper = torch.tensor([w, h, w, h], device=boxes.device, dtype=boxes.dtype)
+    return torch.minimum(out.clamp(min=0), upper)
+
+
+def expand_boxes(boxes: Tensor, margin: float, size: tuple[int, int]) -> Tensor:
+    """Grow boxes by a fixed margin on every side, clamped to the image.
+
+    Args:
+        boxes: Boxes ``[N, 4]`` as ``(x_min, y_min, x_max, y_max)``.
+        margin: Pixels added on each side.
+        size: Image size ``(H, W)``.
+
+    Returns:
+        Enlarged boxes ``[N, 4]``.
+    """
+    h, w = size
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device, dtype=boxes.dtype)
+    upper = torch.tensor([w - 1, h - 1, w - 1, h - 1], device=boxes.device, dtype=boxes.dtype)
+    return torch.minimum((boxes + sign * margin).clamp(min=0), upper)
+
+
+def volume_boxes(label: Tensor, class_ids: list[int]) -> dict[int, dict[str, int]]:
+    """3D box prompts of classes in a label volume, in the CVPR 2025 challenge's layout.
+
+    The box of a class is its slice range ``[z_min, z_max]`` (closed) and its tight 2D box on a
+    middle slice ``z_mid``: the median of the slices where the class is present, so the middle
+    slice always contains the class even when its extent in z has gaps.
+
+    Args:
+        label: Label volume ``[D, H, W]``.
+        class_ids: Classes to box; classes absent from the volume are skipped.
+
+    Returns:
+        ``{class_id: {"z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max",
+        "z_mid_y_max"}}`` with integer pixel indices.
+    """
+    if label.ndim != 3:
+        msg = f"label must be [D, H, W], got shape {tuple(label.shape)}"
+        raise ValueError(msg)
+    out: dict[int, dict[str, int]] = {}
+    for c in class_ids:
+        mask = label == c
+        zs = torch.nonzero(mask.flatten(1).any(dim=1)).flatten()
+        if zs.numel() == 0:
+            continue
+        z_mid = int(zs[(zs.numel() - 1) // 2])
+        x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask[z_mid][None])[0])
+        out[int(c)] = {
+            "z_min": int(zs[0]),
+            "z_max": int(zs[-1]),
+            "z_mid": z_mid,
+            "z_mid_x_min": x0,
+            "z_mid_y_min": y0,
+            "z_mid_x_max": x1,
+            "z_mid_y_max": y1,
+        }
+    return out
