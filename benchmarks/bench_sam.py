@@ -103,7 +103,9 @@ def measure(name: str, weights: Path) -> list[list[str]]:
             run_isolated(__file__, ["--worker", impl, name, mode, str(weights)])
             for impl in ("official", "segfm")
         )
-        print(f"{name} {mode}: official {off['seconds']} segfm {ours['seconds']}", file=sys.stderr)
+        cpu = f"CPU s {off['median_cpu_s']:.3f} / {ours['median_cpu_s']:.3f}"
+        walls = f"official {off['seconds']} segfm {ours['seconds']}"
+        print(f"{name} {mode}: wall s {walls}; {cpu}", file=sys.stderr)
         rows.append(
             [
                 name,

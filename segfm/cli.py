@@ -89,7 +89,7 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
         The CLI object, or None when a user error was reported.
     """
     debug = os.environ.get("SEGFM_DEBUG", "") not in ("", "0")
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = sys.argv if args is None else list(args)  # DDP workers re-run sys.argv: edit it in place
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
@@ -102,7 +102,7 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_callback=SegfmSaveConfig,
-            args=argv,
+            args=None if args is None else argv,
         )
     except SegfmError as err:
         if debug:

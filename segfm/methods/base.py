@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,6 +27,8 @@ class BaseTask(pl.LightningModule, ABC):
     Args:
         lr: Learning rate of AdamW.
         weight_decay: Weight decay of AdamW.
+        lr_schedule: ``constant`` (MedSAM's recipe) or ``cosine`` annealing to zero over the
+            run's optimiser steps.
         output_dir: Folder for test/predict outputs (tables, predictions, overlays); defaults to
             the run's log folder.
         export_official: Write the official checkpoint format beside every Lightning checkpoint
@@ -43,6 +45,7 @@ class BaseTask(pl.LightningModule, ABC):
         self,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         output_dir: str | None = None,
         export_official: bool = True,
     ) -> None:

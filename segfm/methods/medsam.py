@@ -50,6 +50,7 @@ class MedSAM(BaseTask):
         num_overlays: Cases for which an overlay PNG is written during test / predict.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
+        lr_schedule: ``constant`` (the published recipe) or ``cosine``.
         output_dir: Folder for test/predict outputs (default: the run's log folder).
         export_official: Write an official SAM file beside every checkpoint.
     """
@@ -74,6 +75,7 @@ class MedSAM(BaseTask):
         num_overlays: int = 4,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         output_dir: str | None = None,
         export_official: bool = True,
     ) -> None:
@@ -87,7 +89,11 @@ class MedSAM(BaseTask):
             msg = f"mask_threshold must be in (0, 1), got {mask_threshold}"
             raise ValueError(msg)
         super().__init__(
-            lr=lr, weight_decay=weight_decay, output_dir=output_dir, export_official=export_official
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            output_dir=output_dir,
+            export_official=export_official,
         )
 
     def configure_models(self) -> None:

@@ -242,6 +242,7 @@ class ImageEncoderViT(nn.Module):
         self.img_size = img_size
         self.patch_size = patch_size
         self.in_chans = in_chans
+        self.out_chans = out_chans
         grid = (img_size // patch_size,) * spatial_dims
 
         self.patch_embed = PatchEmbed(spatial_dims, patch_size, in_chans, embed_dim)

@@ -63,10 +63,11 @@ class Sam(nn.Module):
                 f"for {image_encoder.img_size} px"
             )
             raise ValueError(msg)
-        if prompt_encoder.embed_dim != mask_decoder.transformer_dim:
+        widths = (image_encoder.out_chans, prompt_encoder.embed_dim, mask_decoder.transformer_dim)
+        if len(set(widths)) != 1:
             msg = (
-                f"prompt_encoder.embed_dim={prompt_encoder.embed_dim} differs from "
-                f"mask_decoder.transformer_dim={mask_decoder.transformer_dim}"
+                "image_encoder.out_chans, prompt_encoder.embed_dim and "
+                f"mask_decoder.transformer_dim must be equal, got {widths}"
             )
             raise ValueError(msg)
         if len(pixel_mean) != len(pixel_std) or any(s <= 0 for s in pixel_std):

@@ -19,7 +19,9 @@ def test_frozen_prompt_encoder_and_param_groups(method):
     assert opt.defaults["lr"] == 1e-4 and opt.defaults["weight_decay"] == 0.01
 
 
-@pytest.mark.parametrize("bad", [{"box_shift": -1}, {"targets_per_image": 0}, {"mask_threshold": 1.5}])
+@pytest.mark.parametrize(
+    "bad", [{"box_shift": -1}, {"targets_per_image": 0}, {"mask_threshold": 1.5}]
+)
 def test_bad_arguments(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         MedSAM(arch="tiny", image_size=32, **bad)
@@ -55,7 +57,7 @@ def test_training_step_learns_shape(method):
 
 
 class BrightInBox(nn.Module):
-    """A stand-in SAM that segments the bright pixels inside the box: exact when the box holds the object."""
+    """Stand-in SAM: the bright pixels inside the box (exact when the box holds the object)."""
 
     image_size = 32
 
@@ -65,10 +67,15 @@ class BrightInBox(nn.Module):
     def decode(self, embeddings, boxes=None, multimask_output=False, **_):
         n, _, s, _ = embeddings.shape
         ys, xs = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-        inside = torch.stack([
-            (xs >= b[0].floor()) & (xs <= b[2].ceil()) & (ys >= b[1].floor()) & (ys <= b[3].ceil())
-            for b in boxes
-        ])
+        inside = torch.stack(
+            [
+                (xs >= b[0].floor())
+                & (xs <= b[2].ceil())
+                & (ys >= b[1].floor())
+                & (ys <= b[3].ceil())
+                for b in boxes
+            ]
+        )
         logits = torch.where(inside & (embeddings[:, 0] > 0.5), 10.0, -10.0)[:, None]
         return logits, torch.zeros(n, 1)
 

@@ -188,6 +188,12 @@ def test_bad_arguments(build, match: str) -> None:
         build()
 
 
+def test_widths_must_agree() -> None:
+    encoder = ImageEncoderViT(2, 64, 8, out_chans=48, depth=1, embed_dim=32, num_heads=2)
+    with pytest.raises(ValueError, match=r"must be equal, got \(48, 32, 32\)"):
+        Sam(encoder, PromptEncoder(2, 32, 8, 64, 16), _decoder())
+
+
 def test_bad_inputs() -> None:
     model = sam_tiny(image_size=64)
     emb = model.encode(torch.randn(2, 3, 64, 64))

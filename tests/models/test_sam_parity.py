@@ -192,10 +192,12 @@ def test_same_outputs_as_sam_med3d() -> None:
     image = torch.randn(2, 1, size, size, size, generator=gen)
     points = (torch.rand(2, 2, 3, generator=gen) * size, torch.tensor([[1, 0], [1, 1]]))
     masks = torch.randn(2, 1, 16, 16, 16, generator=gen)
+    emb_grad = ours.encode(image)  # with gradients: the explicit attention path on CPU
     with torch.no_grad():
         emb_ref = ref.image_encoder(image)
-        emb = ours.encode(image)
+        emb = ours.encode(image)  # without: SDPA with the bias as a float mask
         torch.testing.assert_close(emb, emb_ref, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(emb_grad, emb_ref, atol=1e-4, rtol=1e-5)
         for mask in (None, masks):
             logits, iou = ours.decode(emb_ref, points=points, masks=mask)
             for i in range(2):

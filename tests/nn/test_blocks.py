@@ -82,7 +82,9 @@ def test_rel_pos_attention_matches_explicit_softmax() -> None:
     n = 24
     q, k, v = (torch.randn(1, heads, n, c) for _ in range(3))
     tables = [torch.randn(2 * s - 1, c) for s in size]
-    out = rel_pos_attention(q, k, v, tables, size)
+    out = rel_pos_attention(q, k, v, tables, size)  # SDPA with a float mask
+    with_grad = rel_pos_attention(q.requires_grad_(), k, v, tables, size)  # explicit on CPU
+    torch.testing.assert_close(with_grad.detach(), out, atol=1e-5, rtol=1e-5)
     # explicit: bias[q, k] = sum_a <q, R_a[q_a - k_a]>
     coords = torch.stack(
         torch.meshgrid(*(torch.arange(s) for s in size), indexing="ij"), -1
