@@ -57,7 +57,15 @@ class SegfmCLI(LightningCLI):
             subcommands.add_subcommand(name, sub, help=description)
 
     def _parse_ckpt_path(self) -> None:
-        if self.config.get("subcommand") in EXTRA_SUBCOMMANDS:
+        # Lightning merges a checkpoint's hyper-parameters over the parsed config, so
+        # `test --ckpt_path X --model.init_args.output_dir Y` would silently lose Y. When the
+        # config names the method, its options (and the command line) win; weights still come
+        # from the checkpoint. Without a method in the config, the checkpoint supplies it.
+        subcommand = self.config.get("subcommand")
+        if subcommand in EXTRA_SUBCOMMANDS:
+            return
+        model = self.config[subcommand].get("model") if subcommand else None
+        if model is not None and model.get("class_path"):
             return
         super()._parse_ckpt_path()
 

@@ -129,6 +129,21 @@ def test_fit_test_export_from_cli(npy_slices_root, tmp_path):
         np.testing.assert_allclose(img.affine, npz["affine"])
         assert img.shape == tuple(reversed(npz["imgs"].shape))
 
+    predict_dir = tmp_path / "predict"
+    main(
+        [
+            "predict",
+            *common,
+            "--ckpt_path",
+            str(ckpt),
+            "--model.init_args.output_dir",
+            str(predict_dir),
+        ]
+    )
+    assert sorted(p.name for p in (predict_dir / "predictions").iterdir()) == [
+        p.name for p in preds
+    ]
+
     out = tmp_path / "medsam_tiny.pth"
     main(["export", "--ckpt_path", str(ckpt), "--format", "sam", "--output", str(out)])
     exported = load_official(out)
@@ -136,6 +151,11 @@ def test_fit_test_export_from_cli(npy_slices_root, tmp_path):
     assert set(exported) == {k.removeprefix("model.") for k in state}
     for k, v in exported.items():
         assert torch.equal(v, state[f"model.{k}"])
+
+    # importing goes the other way: validate a model initialised from the exported file
+    cli = main(["validate", *common, "--model.init_args.checkpoint", str(out)])
+    for k, v in cli.model.model.state_dict().items():
+        assert torch.equal(v, exported[k])
 
 
 def test_missing_data_folder_is_one_line(tmp_path):
