@@ -7,9 +7,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from jsonargparse import lazy_instance
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from segfm.data.base import BaseDataModule
 from segfm.errors import SegfmError
@@ -109,6 +110,7 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             seed_everything_default=0,
+            trainer_defaults={"logger": lazy_instance(CSVLogger, save_dir="runs")},
             save_config_callback=SegfmSaveConfig,
             args=None if args is None else argv,
         )
