@@ -29,19 +29,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "vit_b 1024px": {"arch": "vit_b", "image_size": 1024, "warmup": 1, "repeats": 2},
     "tiny 128px": {"arch": "tiny", "image_size": 128, "warmup": 3, "repeats": 10},
 }
-TINY = {
-    "patch_size": 8,
-    "encoder_embed_dim": 96,
-    "encoder_depth": 4,
-    "encoder_num_heads": 4,
-    "encoder_global_attn_indexes": (1, 3),
-    "window_size": 8,
-    "prompt_embed_dim": 64,
-    "decoder_depth": 2,
-    "decoder_num_heads": 4,
-    "decoder_mlp_dim": 256,
-    "iou_head_hidden_dim": 64,
-}
 
 
 def build(impl: str, arch: str, image_size: int) -> torch.nn.Module:
@@ -50,9 +37,10 @@ def build(impl: str, arch: str, image_size: int) -> torch.nn.Module:
         from segfm.models import build_sam
 
         return build_sam(arch, image_size=image_size)
+    from segfm.models.build_sam import tiny_config
     from tests.official import official_sam
 
-    return official_sam(image_size=image_size, **(TINY if arch == "tiny" else {}))
+    return official_sam(image_size=image_size, **(tiny_config() if arch == "tiny" else {}))
 
 
 def worker(impl: str, name: str, mode: str, weights: str) -> None:

@@ -180,10 +180,6 @@ class MedSAM(BaseTask):
         )
         return loss
 
-    def parameter_groups(self) -> list[dict[str, Any]]:
-        """Image encoder and mask decoder at the base learning rate (prompt encoder frozen)."""
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
-
     # ----------------------------------------------------------------- inference
     def preprocess_slices(self, slices: Tensor) -> Tensor:
         """MedSAM's 2D input: 3 channels, bicubic resize to the network size, min-max to [0, 1].

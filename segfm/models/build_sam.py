@@ -170,20 +170,14 @@ def sam_vit_h(image_size: int = 1024, **overrides: Any) -> Sam:
     return _build_sam(**{**config, "image_size": image_size, **overrides})
 
 
-def sam_tiny(image_size: int = 128, spatial_dims: int = 2, **overrides: Any) -> Sam:
-    """A SAM of about 0.7M parameters that trains in seconds on a CPU (tests, demos).
-
-    Patch 8, ViT width 96, 4 blocks of 4 heads, window 8, blocks 1 and 3 global; prompt and
-    decoder width 64 (48 in 3D, which needs a multiple of 3), decoder 2 blocks of 4 heads,
-    MLP 256, IoU head 64.
+def tiny_config(spatial_dims: int = 2) -> dict[str, Any]:
+    """Hyper-parameters of :func:`sam_tiny` (benchmarks build the official network with them).
 
     Args:
-        image_size: Encoder input side (a multiple of 8).
         spatial_dims: 2 or 3.
-        **overrides: Other arguments of :func:`_build_sam`.
 
     Returns:
-        The network.
+        Keyword arguments of :func:`_build_sam`, image size and spatial dims excluded.
     """
     config: dict[str, Any] = {
         "patch_size": 8,
@@ -201,6 +195,25 @@ def sam_tiny(image_size: int = 128, spatial_dims: int = 2, **overrides: Any) -> 
     }
     if spatial_dims == 3:
         config |= {"pixel_mean": (0.0,), "pixel_std": (1.0,)}
+    return config
+
+
+def sam_tiny(image_size: int = 128, spatial_dims: int = 2, **overrides: Any) -> Sam:
+    """A SAM of about 0.7M parameters that trains in seconds on a CPU (tests, demos).
+
+    Patch 8, ViT width 96, 4 blocks of 4 heads, window 8, blocks 1 and 3 global; prompt and
+    decoder width 64 (48 in 3D, which needs a multiple of 3), decoder 2 blocks of 4 heads,
+    MLP 256, IoU head 64.
+
+    Args:
+        image_size: Encoder input side (a multiple of 8).
+        spatial_dims: 2 or 3.
+        **overrides: Other arguments of :func:`_build_sam`.
+
+    Returns:
+        The network.
+    """
+    config = tiny_config(spatial_dims)
     return _build_sam(
         **{**config, "spatial_dims": spatial_dims, "image_size": image_size, **overrides}
     )
