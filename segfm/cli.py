@@ -14,11 +14,12 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from segfm.data.base import BaseDataModule
 from segfm.errors import SegfmError
+from segfm.evaluate import evaluate
 from segfm.export import export
 from segfm.methods.base import BaseTask
 
 #: segfm's own subcommands: thin wrappers whose arguments come from the library function
-EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {"export": export}
+EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {"export": export, "evaluate": evaluate}
 
 
 class SegfmSaveConfig(SaveConfigCallback):
@@ -95,7 +96,9 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
         args: Arguments instead of ``sys.argv[1:]`` (for tests and notebooks).
 
     Returns:
-        The CLI object, or None when a user error was reported.
+        The CLI object when called with ``args`` (tests, notebooks); None when run from the
+        console (the console script passes the return value to ``sys.exit``, which would print
+        an object and exit with status 1).
     """
     debug = os.environ.get("SEGFM_DEBUG", "") not in ("", "0")
     argv = sys.argv if args is None else list(args)  # DDP workers re-run sys.argv: edit it in place
@@ -104,7 +107,7 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
         debug = True
     os.environ.setdefault("WANDB_MODE", "offline")
     try:
-        return SegfmCLI(
+        cli = SegfmCLI(
             model_class=BaseTask,
             datamodule_class=BaseDataModule,
             subclass_mode_model=True,
@@ -122,3 +125,4 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
         if args is None:
             raise SystemExit(2) from None
         raise
+    return None if args is None else cli

@@ -21,3 +21,50 @@ def npy_slices_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # --- end data: npy slices --------------------------------------------------------------------
+
+
+# --- data: nnU-Net raw and class folders (tests/data/nnunet/data.py) --------------------------
+
+
+@pytest.fixture(scope="session")
+def nnunet_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Both tiny 3D datasets, built once per session: (nnU-Net root, class-folder root)."""
+    from tests.data.nnunet.data import build
+
+    return build(tmp_path_factory.mktemp("nnunet"))
+
+
+@pytest.fixture(scope="session")
+def nnunet_root(nnunet_data: tuple[Path, Path]) -> Path:
+    """A tiny nnU-Net raw dataset: 6 CT cases, splits_final.json (2 folds), 2 imagesTs cases.
+
+    Treat as read-only (give the data modules a ``cache_dir`` under ``tmp_path``); tests that
+    damage files copy it first (``shutil.copytree``).
+    """
+    return nnunet_data[0]
+
+
+@pytest.fixture(scope="session")
+def class_folder_root(nnunet_data: tuple[Path, Path]) -> Path:
+    """A tiny SAM-Med3D class-folder root: kidney_left/ and liver/, each ct_synth/ + mr_synth/."""
+    return nnunet_data[1]
+
+
+# --- end data: nnU-Net raw and class folders --------------------------------------------------
+
+
+# --- data: CVPR 2025 npz layout (tests/data/npz/data.py) ------------------------------------
+
+
+@pytest.fixture(scope="session")
+def npz_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny CVPR 2025 npz root (3 datasets, train/ and test/ + test_mask/), built once.
+
+    Read-only: tests that damage files copy it first (``shutil.copytree``).
+    """
+    from tests.data.npz.data import build
+
+    return build(tmp_path_factory.mktemp("npz"))
+
+
+# --- end data: CVPR 2025 npz layout ----------------------------------------------------------

@@ -43,7 +43,11 @@ def test_run_configs_parse(config, capsys):
         main(["fit", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["class_path"] == "segfm.methods.MedSAM"
+    expected = yaml.safe_load(config.read_text())
+    assert printed["model"]["class_path"] == expected["model"]["class_path"]
+    assert printed["data"]["class_path"] == expected["data"]["class_path"]
+    for key, value in expected["model"]["init_args"].items():
+        assert printed["model"]["init_args"][key] == value, key
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ class OfficialFormat:
 
 FORMATS: dict[str, OfficialFormat] = {
     "sam": OfficialFormat("sam", "segfm.checkpoints.sam"),
+    "sam_med3d": OfficialFormat("sam_med3d", "segfm.checkpoints.sam_med3d"),
 }
 
 

@@ -120,7 +120,7 @@ def load_official(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return unwrap_state_dict(load_file(path), source=str(path))
 
 
-def _plain(t: Tensor) -> Tensor:
+def plain_tensor(t: Tensor) -> Tensor:
     """A detached CPU tensor owning exactly its own data (no views of larger storages)."""
     t = t.detach().cpu()
     if not t.is_contiguous() or t.untyped_storage().nbytes() != t.numel() * t.element_size():
@@ -154,7 +154,7 @@ def save_official(
     else:
         state_dict, source = model_or_state_dict, "state dict"
     flat = unwrap_state_dict(state_dict, source=source)
-    return save_file({k: _plain(v) for k, v in flat.items()}, path)
+    return save_file({k: plain_tensor(v) for k, v in flat.items()}, path)
 
 
 def load_into(

@@ -11,11 +11,28 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from segfm.data.base import BaseDataModule
+    from segfm.data.class_folders import ClassFolderDataModule
+    from segfm.data.nnunet import NnUNetDataModule
     from segfm.data.npy_slices import NpySliceDataModule
+    from segfm.data.volumes import VolumeDataModule
 
-__all__ = ["BaseDataModule", "NpySliceDataModule"]
+__all__ = [
+    "BaseDataModule",
+    "ClassFolderDataModule",
+    "NnUNetDataModule",
+    "NpySliceDataModule",
+    "NpzDataModule",
+    "VolumeDataModule",
+]
 
-_MODULES = {"BaseDataModule": "segfm.data.base", "NpySliceDataModule": "segfm.data.npy_slices"}
+_MODULES = {
+    "BaseDataModule": "segfm.data.base",
+    "ClassFolderDataModule": "segfm.data.class_folders",
+    "NnUNetDataModule": "segfm.data.nnunet",
+    "NpySliceDataModule": "segfm.data.npy_slices",
+    "NpzDataModule": "segfm.data.npz",
+    "VolumeDataModule": "segfm.data.volumes",
+}
 
 
 def __getattr__(name: str) -> Any:

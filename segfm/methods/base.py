@@ -27,8 +27,11 @@ class BaseTask(pl.LightningModule, ABC):
     Args:
         lr: Learning rate of AdamW.
         weight_decay: Weight decay of AdamW.
-        lr_schedule: ``constant`` (MedSAM's recipe) or ``cosine`` annealing to zero over the
-            run's optimiser steps.
+        lr_schedule: ``constant`` (MedSAM's recipe), ``cosine`` annealing to zero over the
+            run's optimiser steps, or ``multistep``: the rate times ``lr_gamma`` at each epoch of
+            ``lr_milestones`` (SAM-Med3D's recipe).
+        lr_milestones: Epochs at which ``multistep`` lowers the rate.
+        lr_gamma: Factor of each ``multistep`` drop.
         output_dir: Folder for test/predict outputs (tables, predictions, overlays); defaults to
             the run's log folder.
         export_official: Write the official checkpoint format beside every Lightning checkpoint
@@ -45,7 +48,9 @@ class BaseTask(pl.LightningModule, ABC):
         self,
         lr: float = 1e-4,
         weight_decay: float = 0.01,
-        lr_schedule: Literal["constant", "cosine"] = "constant",
+        lr_schedule: Literal["constant", "cosine", "multistep"] = "constant",
+        lr_milestones: tuple[int, ...] = (),
+        lr_gamma: float = 0.1,
         output_dir: str | None = None,
         export_official: bool = True,
     ) -> None:
@@ -55,6 +60,14 @@ class BaseTask(pl.LightningModule, ABC):
             raise ValueError(msg)
         if weight_decay < 0:
             msg = f"weight_decay must be >= 0, got {weight_decay}"
+            raise ValueError(msg)
+        if lr_schedule == "multistep" and (
+            not lr_milestones or list(lr_milestones) != sorted(set(lr_milestones))
+        ):
+            msg = f"lr_schedule multistep needs increasing lr_milestones, got {lr_milestones}"
+            raise ValueError(msg)
+        if not 0 < lr_gamma <= 1:
+            msg = f"lr_gamma must be in (0, 1], got {lr_gamma}"
             raise ValueError(msg)
         self.save_hyperparameters()
         self.configure_models()
@@ -79,11 +92,30 @@ class BaseTask(pl.LightningModule, ABC):
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
 
     def configure_optimizers(self) -> Any:
-        """AdamW over :meth:`parameter_groups` (frozen parameters are left out)."""
+        """AdamW over :meth:`parameter_groups` (frozen parameters left out) and the schedule."""
         groups = [g for g in self.parameter_groups() if g["params"]]
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             groups, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
+        schedule = self.hparams.get("lr_schedule", "constant")
+        if schedule == "cosine":
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+            }
+        if schedule == "multistep":
+            scheduler = torch.optim.lr_scheduler.MultiStepLR(
+                optimizer,
+                milestones=list(self.hparams["lr_milestones"]),
+                gamma=self.hparams["lr_gamma"],
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+            }
+        return optimizer
 
     def configure_callbacks(self) -> list[Callback]:
         """The official-format export beside every checkpoint, when the method has a format."""

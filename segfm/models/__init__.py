@@ -3,6 +3,7 @@
 from segfm.models.build_sam import (
     SAM_REGISTRY,
     build_sam,
+    sam_med3d,
     sam_tiny,
     sam_vit_b,
     sam_vit_h,
@@ -23,6 +24,7 @@ __all__ = [
     "Sam",
     "TwoWayTransformer",
     "build_sam",
+    "sam_med3d",
     "sam_tiny",
     "sam_vit_b",
     "sam_vit_h",

@@ -1,8 +1,10 @@
 """SAM sizes by name: one function per released size, one private builder, a registry.
 
 Hyper-parameters of ``vit_b``/``vit_l``/``vit_h`` are those of segment-anything's
-``build_sam.py``; ``sam_tiny`` is a small network for tests and CPU demos. Every builder takes
-keyword overrides of :func:`_build_sam`'s arguments (e.g. ``image_size=256`` for quick tests).
+``build_sam.py``, those of ``sam_med3d`` SAM-Med3D's ``build_sam3D_vit_b_ori`` (the architecture
+of its released ``sam_med3d.pth`` and ``sam_med3d_turbo.pth``); ``sam_tiny`` is a small network
+for tests and CPU demos (2D or 3D). Every builder takes keyword overrides of :func:`_build_sam`'s
+arguments (e.g. ``image_size=256`` for quick tests).
 """
 
 from __future__ import annotations
@@ -219,10 +221,59 @@ def sam_tiny(image_size: int = 128, spatial_dims: int = 2, **overrides: Any) -> 
     )
 
 
+def sam_med3d_config() -> dict[str, Any]:
+    """Hyper-parameters of :func:`sam_med3d` (benchmarks and tests reuse them).
+
+    Returns:
+        Keyword arguments of :func:`_build_sam`, image size excluded.
+    """
+    return {
+        "spatial_dims": 3,
+        "patch_size": 16,
+        "in_chans": 1,
+        "encoder_embed_dim": 768,
+        "encoder_depth": 12,
+        "encoder_num_heads": 12,
+        "encoder_global_attn_indexes": (2, 5, 8, 11),
+        "window_size": 14,
+        "rel_pos_style": "sam_med3d",
+        "prompt_embed_dim": 384,
+        "mask_in_chans": 16,
+        "num_point_embeddings": 2,
+        "decoder_depth": 2,
+        "decoder_num_heads": 8,
+        "decoder_mlp_dim": 2048,
+        "iou_head_hidden_dim": 256,
+        # SAM-Med3D feeds z-scored volumes and never applies SAM's RGB normalisation, so
+        # ``Sam.preprocess`` only pads (x - 0) / 1 == x exactly.
+        "pixel_mean": (0.0,),
+        "pixel_std": (1.0,),
+    }
+
+
+def sam_med3d(image_size: int = 128, **overrides: Any) -> Sam:
+    """SAM-Med3D ``vit_b_ori`` (100.5M parameters; also the architecture of SAM-Med3D-turbo).
+
+    A 3D ViT-B on one-channel volumes: patch 16, width 768, 12 blocks of 12 heads, window 14,
+    blocks 2, 5, 8 and 11 global, SAM-Med3D's relative-position bias; prompt and decoder width
+    384, point prompts only (two point embeddings), masks at a quarter of the input side. Its
+    state dict has the 324 keys of the released files.
+
+    Args:
+        image_size: Encoder input side (128 for the released weights).
+        **overrides: Other arguments of :func:`_build_sam`.
+
+    Returns:
+        The network.
+    """
+    return _build_sam(**{**sam_med3d_config(), "image_size": image_size, **overrides})
+
+
 SAM_REGISTRY: dict[str, Callable[..., Sam]] = {
     "vit_b": sam_vit_b,
     "vit_l": sam_vit_l,
     "vit_h": sam_vit_h,
+    "sam_med3d": sam_med3d,
     "tiny": sam_tiny,
 }
 
@@ -231,7 +282,8 @@ def build_sam(arch: str, **overrides: Any) -> Sam:
     """Build a SAM network by name.
 
     Args:
-        arch: A key of :data:`SAM_REGISTRY` (``vit_b``, ``vit_l``, ``vit_h``, ``tiny``).
+        arch: A key of :data:`SAM_REGISTRY` (``vit_b``, ``vit_l``, ``vit_h``, ``sam_med3d``,
+            ``tiny``).
         **overrides: Keyword arguments of the size's builder (``image_size``, ...).
 
     Returns:

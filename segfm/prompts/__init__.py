@@ -1,5 +1,20 @@
 """Prompt construction and click simulation (boxes, points) from masks."""
 
 from segfm.prompts.boxes import expand_boxes, jitter_boxes, masks_to_boxes, volume_boxes
+from segfm.prompts.clicks import (
+    Clicks,
+    center_error_click,
+    largest_error_component,
+    sample_error_clicks,
+)
 
-__all__ = ["expand_boxes", "jitter_boxes", "masks_to_boxes", "volume_boxes"]
+__all__ = [
+    "Clicks",
+    "center_error_click",
+    "expand_boxes",
+    "jitter_boxes",
+    "largest_error_component",
+    "masks_to_boxes",
+    "sample_error_clicks",
+    "volume_boxes",
+]

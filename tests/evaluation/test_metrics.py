@@ -1,7 +1,16 @@
+import math
+
 import numpy as np
 import pytest
 
-from segfm.evaluation.metrics import case_scores, dice, surface_dice
+from segfm.evaluation.metrics import (
+    case_scores,
+    dice,
+    hd95,
+    interactive_case_scores,
+    semantic_case_scores,
+    surface_dice,
+)
 
 
 def cube(shape, start, size):
@@ -81,3 +90,112 @@ def test_case_scores_nsd_computed_above_threshold():
     scores = case_scores(pred, gt, (1.0, 1.0, 1.0), [3], tolerance=2.0)
     assert scores[3]["dsc"] == pytest.approx(2 * 448 / 1024)
     assert scores[3]["nsd"] == pytest.approx(1.0)
+
+
+# --- HD95, the offset-cube DSC count, and the CVPR 2025 case-level rules ---
+
+
+def voxel(shape, index):
+    m = np.zeros(shape, bool)
+    m[index] = True
+    return m
+
+
+@pytest.mark.parametrize(("a", "k", "axis"), [(6, 1, 0), (8, 3, 1), (5, 4, 2)])
+def test_dice_offset_cubes_counted_by_hand(a, k, axis):
+    start = [2, 2, 2]
+    shifted = list(start)
+    shifted[axis] += k
+    p, g = cube((16, 16, 16), start, a), cube((16, 16, 16), shifted, a)
+    # the overlap is an a x a x (a - k) box
+    assert dice(p, g) == pytest.approx(2 * (a - k) * a * a / (2 * a**3))
+
+
+def test_hd95_single_voxels_known_distance_anisotropic():
+    spacing = (2.5, 0.8, 0.8)
+    a = voxel((8, 12, 12), (2, 5, 5))
+    assert hd95(a, voxel((8, 12, 12), (5, 5, 5)), spacing) == pytest.approx(3 * 2.5)
+    assert hd95(a, voxel((8, 12, 12), (4, 8, 5)), spacing) == pytest.approx(
+        np.hypot(2 * 2.5, 3 * 0.8)
+    )
+    assert hd95(a, a, spacing) == 0.0
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.8, 0.8)])
+def test_hd95_concentric_spheres(spacing):
+    shape = tuple(int(60 / s) for s in spacing)
+    inner = sphere(shape, (30.0, 30.0, 30.0), 12.0, spacing)
+    outer = sphere(shape, (30.0, 30.0, 30.0), 18.0, spacing)
+    assert hd95(inner, outer, spacing) == pytest.approx(6.0, abs=max(spacing))
+
+
+def test_hd95_empty_rules():
+    a = cube((10, 10, 10), (2, 2, 2), 4)
+    empty = np.zeros_like(a)
+    assert hd95(empty, empty, (1, 1, 1)) == 0.0
+    assert hd95(a, empty, (1, 1, 1)) == math.inf
+    assert hd95(empty, a, (1, 1, 1)) == math.inf
+    with pytest.raises(ValueError, match="spacing"):
+        hd95(a, a, (1, 1))
+
+
+def two_classes():
+    gt = np.zeros((16, 16, 16), np.uint8)
+    gt[1:7, 1:7, 1:7] = 1  # 216 voxels
+    gt[9:15, 9:15, 9:15] = 2  # 216 voxels
+    return gt
+
+
+def test_interactive_rule_is_on_the_case_mean_not_per_class():
+    gt = two_classes()
+    pred = np.zeros_like(gt)
+    pred[1:7, 1:7, 1:7] = 1  # class 1 perfect, class 2 missing: case DSC 0.5 > 0.2
+    s = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0))
+    assert s["classes"][1] == {"dsc": 1.0, "nsd": 1.0}
+    assert s["classes"][2] == {"dsc": 0.0, "nsd": 0.0}
+    assert s["dsc"] == 0.5
+    assert s["nsd"] == 0.5
+
+
+def test_interactive_rule_zeroes_nsd_when_case_mean_dice_is_low():
+    gt = two_classes()
+    pred = np.zeros_like(gt)
+    # a tolerance wider than the volume makes every surface element count: NSD 1 when computed
+    wide = 100.0
+    pred[1:7, 1:7, 1:3] = 1  # class 1: overlap 72 -> DSC 2*72/(72+216) = 0.5; class 2: 0
+    s = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2], tolerance=wide)
+    assert s["classes"][1] == {"dsc": pytest.approx(0.5), "nsd": 1.0}
+    assert s["dsc"] == pytest.approx(0.25)  # > 0.2: NSD computed
+    assert s["nsd"] == pytest.approx(0.5)
+    pred[1:7, 1:7, 2:7] = 0  # class 1: 36 voxels, DSC 2*36/252 = 0.2857; case mean 0.143
+    s = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2], tolerance=wide)
+    assert s["classes"][1]["dsc"] == pytest.approx(72 / 252)
+    assert s["dsc"] == pytest.approx(36 / 252)
+    # per class the DSC is above 0.2 (case_scores computes it), but the case mean is not
+    assert s["classes"][1]["nsd"] == 0.0 and s["nsd"] == 0.0
+    assert case_scores(pred, gt, (1.0, 1.0, 1.0), [1], tolerance=wide)[1]["nsd"] == 1.0
+
+
+def test_interactive_no_class_is_nan():
+    empty = np.zeros((4, 4, 4), np.uint8)
+    s = interactive_case_scores(empty, empty, (1.0, 1.0, 1.0))
+    assert s["classes"] == {} and math.isnan(s["dsc"]) and math.isnan(s["nsd"])
+
+
+def test_semantic_scores_have_no_dice_rule():
+    gt = two_classes()
+    pred = np.zeros_like(gt)
+    pred[1:7, 1:7, 1:2] = 1  # class 1: overlap 36 -> DSC 72/252; class 2 missing
+    s = semantic_case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2], tolerance=100.0)
+    assert s["classes"][1] == {"dsc": pytest.approx(72 / 252), "nsd": 1.0}
+    assert s["classes"][2] == {"dsc": 0.0, "nsd": 0.0}
+    assert s["dsc"] == pytest.approx(36 / 252)  # below 0.2, yet NSD is computed
+    assert s["nsd"] == pytest.approx(0.5)
+    assert interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2], 100.0)["nsd"] == 0.0
+
+
+def test_semantic_scores_perfect_and_class_subset():
+    gt = two_classes()
+    s = semantic_case_scores(gt, gt, (2.0, 1.0, 1.0), [2])
+    assert list(s["classes"]) == [2]
+    assert s["dsc"] == 1.0 and s["nsd"] == 1.0

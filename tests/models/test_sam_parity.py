@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from segfm.models import sam_vit_b
+from segfm.models import SAM_REGISTRY, build_sam, sam_med3d, sam_vit_b
 from segfm.models.build_sam import _build_sam
 from tests.official import official, official_sam, randomize_
 
@@ -211,3 +212,105 @@ def test_same_outputs_as_sam_med3d() -> None:
                 )
                 torch.testing.assert_close(logits[i : i + 1], logits_ref, atol=1e-5, rtol=0)
                 torch.testing.assert_close(iou[i : i + 1], iou_ref, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------- SAM-Med3D at full size: the released architecture
+FULL = 128  # SAM-Med3D's input side: an 8³ grid, windows of 14 padded with zero tokens
+# Clicks as SAM-Med3D takes them: voxel indices [N, P, 3] in axis order, labels 1 / 0.
+CLICKS = (
+    torch.tensor(
+        [[[64.0, 60.0, 70.0], [20.0, 100.0, 33.0], [90.0, 12.0, 127.0], [5.0, 64.0, 64.0]]]
+    ),
+    torch.tensor([[1, 0, 1, 0]]),
+)
+
+
+@pytest.fixture(scope="module")
+def sam_med3d_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """medim's SAM-Med3D (randomised, zero-initialised tables included) and ``sam_med3d()``."""
+    medim = pytest.importorskip("medim")
+    torch.manual_seed(0)
+    ref = medim.create_model("SAM-Med3D", pretrained=False).eval()
+    randomize_(ref, seed=11, scale=0.02)
+    ours = sam_med3d().eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+@pytest.fixture(scope="module")
+def sam_med3d_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """A z-scored-like 1x1x128³ volume and a previous low-res mask (32³ logits)."""
+    gen = torch.Generator().manual_seed(12)
+    image = torch.randn(1, 1, FULL, FULL, FULL, generator=gen)
+    prev = 3 * torch.randn(1, 1, FULL // 4, FULL // 4, FULL // 4, generator=gen)
+    return image, prev
+
+
+def test_sam_med3d_builder_has_the_released_keys(sam_med3d_pair) -> None:
+    ref, ours = sam_med3d_pair
+    ref_sd, ours_sd = ref.state_dict(), ours.state_dict()
+    assert len(ours_sd) == 324
+    assert list(ours_sd) == list(ref_sd)
+    assert {k: v.shape for k, v in ours_sd.items()} == {k: v.shape for k, v in ref_sd.items()}
+    assert sum(p.numel() for p in ours.parameters()) == 100_509_232  # SAM-Med3D's count
+    assert ours_sd["image_encoder.patch_embed.proj.weight"].shape == (768, 1, 16, 16, 16)
+    assert SAM_REGISTRY["sam_med3d"] is sam_med3d
+
+
+def test_sam_med3d_preprocess_only_pads(sam_med3d_pair) -> None:
+    """SAM-Med3D feeds z-scored volumes as they are: no RGB mean / std (its issue #120)."""
+    _, ours = sam_med3d_pair
+    gen = torch.Generator().manual_seed(13)
+    full = torch.randn(1, 1, FULL, FULL, FULL, generator=gen)
+    assert torch.equal(ours.preprocess(full), full)
+    part = torch.randn(1, 1, 100, FULL, 90, generator=gen)
+    padded = ours.preprocess(part)
+    assert padded.shape == (1, 1, FULL, FULL, FULL)
+    assert torch.equal(padded[:, :, :100, :, :90], part)
+    assert padded[:, :, 100:].abs().sum() == 0 and padded[..., 90:].abs().sum() == 0
+
+
+def test_sam_med3d_full_size_same_outputs_as_medim(sam_med3d_pair, sam_med3d_inputs) -> None:
+    """The acceptance test: 128³, several clicks with a negative one, a previous mask."""
+    ref, ours = sam_med3d_pair
+    image, prev = sam_med3d_inputs
+    with torch.no_grad():
+        # medim's own path, as SAM-Med3D's train.py / infer_utils call it
+        emb_ref = ref.image_encoder(image)
+        sparse, dense = ref.prompt_encoder(points=CLICKS, boxes=None, masks=prev)
+        logits_ref, iou_ref = ref.mask_decoder(
+            image_embeddings=emb_ref,
+            image_pe=ref.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        logits, iou = ours(ours.preprocess(image), points=CLICKS, masks=prev)
+        up_ref = F.interpolate(logits_ref, size=(FULL,) * 3, mode="trilinear", align_corners=False)
+        up = ours.postprocess(logits, FULL)
+    assert logits.shape == logits_ref.shape == (1, 1, 32, 32, 32)
+    assert iou.shape == iou_ref.shape == (1, 1)
+    torch.testing.assert_close(logits, logits_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(iou, iou_ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(up, up_ref, atol=1e-5, rtol=0)
+    # not vacuous: the logits vary, and the clicks and the previous mask change them
+    assert logits_ref.std() > 1e-2
+    with torch.no_grad():
+        flipped, _ = ours.decode(emb_ref, points=(CLICKS[0], 1 - CLICKS[1]), masks=prev)
+        no_mask, _ = ours.decode(emb_ref, points=CLICKS, masks=None)
+    assert (flipped - logits).abs().max() > 1e-3
+    assert (no_mask - logits).abs().max() > 1e-3
+
+
+def test_tiny_3d_by_name() -> None:
+    model = build_sam("tiny", spatial_dims=3, image_size=32).eval()
+    assert model.spatial_dims == 3 and model.embedding_size == 4
+    gen = torch.Generator().manual_seed(14)
+    image = torch.randn(1, 1, 32, 32, 32, generator=gen)
+    points = (torch.tensor([[[3.0, 17.0, 30.0], [20.0, 5.0, 9.0]]]), torch.tensor([[1, 0]]))
+    with torch.no_grad():
+        logits, iou = model(
+            model.preprocess(image), points=points, masks=torch.zeros(1, 1, 16, 16, 16)
+        )
+    assert logits.shape == (1, 1, 16, 16, 16) and iou.shape == (1, 1)
+    assert torch.isfinite(logits).all()

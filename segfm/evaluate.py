@@ -1,0 +1,123 @@
+"""Score saved predictions against ground truth without a model (``segfm evaluate``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from segfm.errors import DataError
+from segfm.evaluation.scoring import Protocol, load_case, pair_cases, resolve_protocol, score_case
+from segfm.evaluation.table import CaseTable
+from segfm.utils.files import atomic_write_text
+
+SEMANTIC_METRICS = ["dsc", "nsd"]
+INSTANCE_METRICS = ["f1", "precision", "recall", "dsc_tp"]
+INSTANCE_COUNTS = ["tp", "fp", "fn"]
+
+
+def _case_columns(protocols: set[str]) -> list[str]:
+    columns = ["case", "protocol", "missing"]
+    if protocols - {"instance"}:
+        columns += ["classes", *SEMANTIC_METRICS]
+    if "instance" in protocols:
+        columns += INSTANCE_METRICS + INSTANCE_COUNTS
+    return columns
+
+
+def _print_summary(report: dict[str, Any], metrics: list[str], output: Path) -> None:
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(report["protocols"].items()))
+    print(f"scored {report['cases']} cases ({kinds}) into {output}")
+    for m in metrics:
+        s = report[m]
+        print(f"  {m:<9} {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
+    missing = report["missing_predictions"]
+    if missing:
+        print(f"  missing predictions scored as empty: {missing} ({', '.join(report['missing'])})")
+
+
+def evaluate(
+    pred: str,
+    gt: str,
+    output: str,
+    tolerance: float = 2.0,
+    protocol: Protocol = "auto",
+    images: str | None = None,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Score a folder of saved predictions against the ground truth, case by case.
+
+    Files pair by name: ``<case>.npz`` with ``segs`` against ``<case>.npz`` with ``gts`` (CVPR
+    2025 format), or ``<case>.nii.gz`` against ``<case>.nii.gz`` (spacing from the header; an
+    affine differing by more than 1e-3 is warned about). A ground-truth case without prediction is
+    scored as an empty prediction and counted; a prediction without ground truth is warned about.
+    Writes ``cases.csv``, ``classes.csv`` and ``cases_summary.{md,json}`` into ``output``.
+
+    Args:
+        pred: Folder of predictions.
+        gt: Folder of ground truth.
+        output: Folder to write the tables into (created if missing).
+        tolerance: NSD tolerance in mm.
+        protocol: ``interactive``: DSC and NSD of every ground-truth class, NSD 0 when the
+            case-mean DSC is at most 0.2 (CVPR 2025 interactive track). ``semantic``: DSC and NSD
+            of every prompted class present, no DSC rule (text track). ``instance``: F1 at
+            ``iou_threshold`` and DSC of the matched instances (text track, instance cases).
+            ``auto``: per case from its ``text_prompts`` (instance_label 1: instance; other
+            prompts: semantic; none: interactive).
+        images: Folder of the test image npz files, read for ``spacing`` and ``text_prompts``
+            when the ground-truth npz lacks them.
+        iou_threshold: Smallest IoU of a matched instance.
+
+    Returns:
+        The summary written to ``cases_summary.json``.
+    """
+    pairs, orphans = pair_cases(pred, gt, images)
+    for path in orphans:
+        warnings.warn(
+            f"{path}: no ground truth of this name and file type in {gt}; not scored", stacklevel=2
+        )
+    rows: list[dict[str, Any]] = []
+    classes = CaseTable(SEMANTIC_METRICS)
+    for pair in tqdm(pairs, desc="scoring", unit="case", disable=None):
+        case = load_case(pair)
+        kind = resolve_protocol(protocol, case.prompts)
+        scores, class_rows = score_case(case, kind, tolerance, iou_threshold, pair.gt)
+        rows.append({"case": pair.name, "protocol": kind, "missing": pair.pred is None} | scores)
+        for r in class_rows:
+            classes.add(case=pair.name, **r)
+    return _write(rows, classes, orphans, Path(output))
+
+
+def _write(
+    rows: list[dict[str, Any]], classes: CaseTable, orphans: list[Path], output: Path
+) -> dict[str, Any]:
+    protocols = {r["protocol"] for r in rows}
+    columns = _case_columns(protocols)
+    metrics = [c for c in columns if c in SEMANTIC_METRICS + INSTANCE_METRICS]
+    cases = CaseTable(metrics)
+    for r in rows:
+        cases.add(**{c: r.get(c, math.nan) for c in columns})
+    missing = [r["case"] for r in rows if r["missing"]]
+    report = {"cases": len(rows), **cases.summary()}
+    report |= {
+        "protocols": {p: sum(r["protocol"] == p for r in rows) for p in sorted(protocols)},
+        "missing_predictions": len(missing),
+        "missing": missing,
+        "unpaired_predictions": [str(p) for p in orphans],
+    }
+    note = f"\nMissing predictions (scored as empty): {len(missing)}"
+    note += f": {', '.join(missing)}\n" if missing else "\n"
+    try:
+        paths = cases.write(output, "cases")
+        classes.write(output, "classes")
+        atomic_write_text(paths["json"], json.dumps(report, indent=2) + "\n")
+        atomic_write_text(paths["markdown"], cases.to_markdown() + note)
+    except OSError as e:
+        msg = f"cannot write into {output} ({e}); pass a writable --output folder"
+        raise DataError(msg) from e
+    _print_summary(report, metrics, output)
+    return report

@@ -1,0 +1,204 @@
+"""SAMMed3D: targets, normalisation, the training click loop, and click-by-click inference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from segfm.methods import SAMMed3D
+
+SIZE = 32  # tiny 3D SAM: 32³ input, 4³ embedding, 16³ low-res logits
+
+
+@pytest.fixture
+def method() -> SAMMed3D:
+    torch.manual_seed(0)
+    return SAMMed3D(arch="tiny", image_size=SIZE, train_iterations=4, export_official=False)
+
+
+def _cube(shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]) -> torch.Tensor:
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
+    return mask
+
+
+def test_zscore_over_positive_voxels(method: SAMMed3D) -> None:
+    x = torch.zeros(2, 1, 4, 4, 4)
+    x[0, 0, :2] = torch.arange(32, dtype=torch.float32).view(2, 4, 4) + 1  # 32 values > 0
+    x[1, 0] = -3.0  # nothing > 0: all voxels used, std 0
+    out = method.normalize_crops(x)
+    values = np.arange(32) + 1.0
+    expected = (0.0 - values.mean()) / values.std(ddof=1)
+    assert out[0, 0, 2:].unique().tolist() == pytest.approx([expected])
+    assert out[0, 0, :2].mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out[0, 0, :2].std().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    method.hparams["normalize"] = "none"
+    assert torch.equal(method.normalize_crops(x), x)
+
+
+def test_targets_use_only_classes_large_enough(method: SAMMed3D) -> None:
+    label = torch.zeros(3, 8, 8, 8, dtype=torch.long)
+    label[0, :3, :3, :3] = 2  # 27 voxels
+    label[0, 5, 5, 5] = 1  # 1 voxel: too small
+    label[1, 0, 0, :5] = 4  # 5 voxels: too small (min 10)
+    label[2, 4:, 4:, 4:] = 7  # 64 voxels
+    for seed in range(5):
+        targets, index = method.sample_targets(label, torch.Generator().manual_seed(seed))
+        assert index.tolist() == [0, 2]
+        assert torch.equal(targets[0], label[0] == 2)
+        assert torch.equal(targets[1], label[2] == 7)
+
+
+def test_parameter_groups_scale_the_decoder(method: SAMMed3D) -> None:
+    groups = method.configure_optimizers()["optimizer"].param_groups  # multistep by default
+    assert groups[0]["lr"] == pytest.approx(8e-5)
+    assert groups[1]["lr"] == pytest.approx(8e-6)
+    n_encoder = sum(p.numel() for p in method.model.image_encoder.parameters())
+    assert sum(p.numel() for p in groups[0]["params"]) == n_encoder
+    total = sum(p.numel() for g in groups for p in g["params"])
+    assert total == sum(p.numel() for p in method.model.parameters())
+
+
+def test_click_loop_gives_the_mask_alone_at_a_random_step_and_the_last() -> None:
+    method = SAMMed3D(arch="tiny", image_size=SIZE, train_iterations=11, export_official=False)
+    calls: list[Any] = []
+    decode = method._decode
+
+    def spy(embeddings: torch.Tensor, coords: Any, labels: Any, low: torch.Tensor) -> Any:
+        calls.append(coords)
+        return decode(embeddings, coords, labels, low)
+
+    method._decode = spy  # type: ignore[method-assign]
+    target = _cube((1, SIZE, SIZE, SIZE), (0, 8, 8, 8), (1, 20, 20, 20))
+    embeddings = method.model.encode(torch.randn(1, 1, SIZE, SIZE, SIZE))
+    for seed in range(4):
+        calls.clear()
+        loss, logits = method.click_loop(embeddings, target, torch.Generator().manual_seed(seed))
+        assert len(calls) == 11
+        mask_only = [i for i, c in enumerate(calls) if c is None]
+        assert len(mask_only) == 2 and mask_only[-1] == 10 and 2 <= mask_only[0] <= 8
+        for c in calls:
+            if c is not None:  # one click per step, inside the crop
+                assert c.shape == (1, 1, 3) and bool(((c >= 0) & (c < SIZE)).all())
+        assert torch.isfinite(loss) and logits.shape == (1, 1, SIZE, SIZE, SIZE)
+
+
+def test_first_click_of_an_empty_prediction_is_inside_the_target(method: SAMMed3D) -> None:
+    seen: list[torch.Tensor] = []
+    decode = method._decode
+
+    def spy(embeddings: torch.Tensor, coords: Any, labels: Any, low: torch.Tensor) -> Any:
+        seen.append(torch.zeros(0) if coords is None else torch.cat([coords[0, 0], labels[0]]))
+        return decode(embeddings, coords, labels, low)
+
+    method._decode = spy  # type: ignore[method-assign]
+    target = _cube((1, SIZE, SIZE, SIZE), (0, 3, 4, 5), (1, 9, 12, 10))
+    method.click_loop(method.model.encode(torch.randn(1, 1, SIZE, SIZE, SIZE)), target)
+    z, y, x, label = seen[0].tolist()
+    assert label == 1 and 3 <= z < 9 and 4 <= y < 12 and 5 <= x < 10
+
+
+def test_points_reach_the_network_in_xyz_order(method: SAMMed3D) -> None:
+    got: dict[str, Any] = {}
+    decode = method.model.decode
+
+    def spy(embeddings: torch.Tensor, points: Any = None, **kwargs: Any) -> Any:
+        got["points"] = points
+        return decode(embeddings, points=points, **kwargs)
+
+    method.model.decode = spy  # type: ignore[method-assign]
+    emb = method.model.encode(torch.randn(1, 1, SIZE, SIZE, SIZE))
+    coords = torch.tensor([[[1, 2, 3]]])
+    method._decode(emb, coords, torch.tensor([[1]]), method._empty_low(1, emb.device))
+    assert got["points"][0].tolist() == [[[3.0, 2.0, 1.0]]]
+
+
+def test_volume_is_transposed_to_xyz_for_the_network(method: SAMMed3D) -> None:
+    x = torch.randn(1, 1, 2, 3, 4)
+    y = method._to_net(x)
+    assert y.shape == (1, 1, 4, 3, 2) and y[0, 0, 3, 1, 0] == x[0, 0, 0, 1, 3]
+    assert torch.equal(method._to_net(y), x)
+
+
+def test_training_step_backpropagates_into_encoder_and_decoder(method: SAMMed3D) -> None:
+    label = torch.zeros(2, 1, SIZE, SIZE, SIZE, dtype=torch.long)
+    label[0, 0, 4:20, 4:20, 4:20] = 1
+    label[1, 0, 10:30, 2:12, 8:16] = 3
+    batch = {"image": torch.randn(2, 1, SIZE, SIZE, SIZE) + label.float(), "label": label}
+    loss = method.training_step(batch, 0)
+    assert loss is not None and torch.isfinite(loss)
+    loss.backward()
+    assert method.model.image_encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+    assert method.model.mask_decoder.iou_token.weight.grad is not None
+
+
+def test_training_step_rejects_crops_of_the_wrong_size(method: SAMMed3D) -> None:
+    batch = {"image": torch.randn(1, 1, 16, 16, 16), "label": torch.ones(1, 1, 16, 16, 16).long()}
+    with pytest.raises(ValueError, match="patch_size"):
+        method.training_step(batch, 0)
+
+
+def test_a_batch_without_usable_targets_is_skipped(method: SAMMed3D) -> None:
+    batch = {
+        "image": torch.randn(1, 1, SIZE, SIZE, SIZE),
+        "label": torch.zeros(1, 1, SIZE, SIZE, SIZE).long(),
+    }
+    with pytest.warns(UserWarning, match="skipped"):
+        assert method.training_step(batch, 0) is None
+
+
+@pytest.mark.parametrize("rule", ["center", "random"])
+def test_refine_accumulates_clicks_and_reports_every_step(method: SAMMed3D, rule: str) -> None:
+    method.hparams["num_clicks"] = 3
+    method.hparams["click_rule"] = rule
+    volume = torch.randn(40, 40, 40)
+    target = _cube((40, 40, 40), (10, 12, 14), (20, 22, 24))
+    steps: list[tuple[int, Any]] = []
+    prob, (lo, hi), clicks = method.refine(
+        volume,
+        (10, 12, 14),
+        (20, 22, 24),
+        target=target,
+        on_step=lambda step, p, t, click: steps.append((step, click)),
+    )
+    assert [s for s, _ in steps] == [0, 1, 2]
+    added = [c for _, c in steps if c is not None]
+    assert clicks == added and len(clicks) >= 1
+    first, label = clicks[0]
+    assert label == 1 and bool(target[first])  # an empty prediction: the click is a miss
+    # one 32³ window centred on the target, clipped to the volume
+    assert (lo, hi) == ((0, 1, 3), (31, 33, 35))
+    assert prob.shape == (31, 32, 32) and bool(((prob >= 0) & (prob <= 1)).all())
+
+
+def test_refine_covers_a_target_larger_than_the_window(method: SAMMed3D) -> None:
+    volume = torch.randn(20, 20, 90)
+    target = _cube((20, 20, 90), (5, 5, 2), (15, 15, 88))
+    prob, (lo, hi), _ = method.refine(volume, (5, 5, 2), (15, 15, 88), target=target)
+    assert lo[2] <= 2 and hi[2] >= 88  # the whole target is covered
+    assert prob.shape == tuple(b - a for a, b in zip(lo, hi, strict=True))
+
+
+def test_refine_with_given_clicks_needs_no_target(method: SAMMed3D) -> None:
+    volume = torch.randn(40, 40, 40)
+    clicks = [((20, 20, 20), 1), ((5, 5, 5), 0)]
+    prob, _, out = method.refine(volume, (20, 20, 20), (21, 21, 21), clicks=clicks)
+    assert out == clicks and prob.shape == (32, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_clicks": 0}, "num_clicks"),
+        ({"train_iterations": 0}, "train_iterations"),
+        ({"mask_threshold": 1.0}, "mask_threshold"),
+        ({"window_overlap": 1.0}, "window_overlap"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        SAMMed3D(arch="tiny", image_size=SIZE, **kwargs)
