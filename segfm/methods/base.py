@@ -10,11 +10,14 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from segfm.data.sample import Batch
+from segfm.errors import ConfigError
 from segfm.evaluation import log_image, overlay, save_png
+from segfm.evaluation.harness import ProtocolHarness
+from segfm.evaluation.interactive import ClassPrompt
 
 
 class BaseTask(pl.LightningModule, ABC):
@@ -36,6 +39,11 @@ class BaseTask(pl.LightningModule, ABC):
             the run's log folder.
         export_official: Write the official checkpoint format beside every Lightning checkpoint
             (for methods that have one).
+        protocol: How ``test`` evaluates: ``native`` (the method's own published inference),
+            ``interactive`` (the CVPR 2025 box-then-clicks protocol) or ``text`` (the CVPR 2025
+            text-guided protocol), the latter two run by
+            :class:`segfm.evaluation.harness.ProtocolHarness` for every method alike.
+        protocol_clicks: Click steps of the interactive protocol (5 in the challenge).
     """
 
     #: metric the checkpoint callback monitors by default, and its mode
@@ -53,6 +61,8 @@ class BaseTask(pl.LightningModule, ABC):
         lr_gamma: float = 0.1,
         output_dir: str | None = None,
         export_official: bool = True,
+        protocol: Literal["native", "interactive", "text"] = "native",
+        protocol_clicks: int = 5,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -65,6 +75,9 @@ class BaseTask(pl.LightningModule, ABC):
             not lr_milestones or list(lr_milestones) != sorted(set(lr_milestones))
         ):
             msg = f"lr_schedule multistep needs increasing lr_milestones, got {lr_milestones}"
+            raise ValueError(msg)
+        if protocol_clicks < 1:
+            msg = f"protocol_clicks must be >= 1, got {protocol_clicks}"
             raise ValueError(msg)
         if not 0 < lr_gamma <= 1:
             msg = f"lr_gamma must be in (0, 1], got {lr_gamma}"
@@ -136,6 +149,107 @@ class BaseTask(pl.LightningModule, ABC):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """One validation step."""
         self._step(batch, batch_idx, "val")
+
+    # ------------------------------------------------------------------ testing
+    def native_test_step(self, batch: Batch, batch_idx: int) -> None:
+        """The method's own test inference and scoring (``protocol: native``)."""
+        msg = f"{type(self).__name__} has no native test; use protocol interactive or text"
+        raise ConfigError(msg)
+
+    def on_native_test_epoch_start(self) -> None:
+        """Set up the native test (empty tables)."""
+
+    def on_native_test_epoch_end(self) -> None:
+        """Write the native test's tables."""
+
+    def segment_interactive(
+        self,
+        image: Tensor,
+        spacing: list[float],
+        prompts: dict[int, ClassPrompt],
+        previous: Tensor | None,
+    ) -> Tensor:
+        """Segment the prompted classes of a volume (the interactive protocol's interface).
+
+        Args:
+            image: Intensities ``[D, H, W]`` as the data module yields them.
+            spacing: Voxel size in mm, ``(z, y, x)``.
+            prompts: Per class id its box and accumulated clicks.
+            previous: The previous step's label map ``[D, H, W]``, or None at the first step.
+
+        Returns:
+            Label map ``[D, H, W]`` (int64).
+        """
+        msg = f"{type(self).__name__} cannot be prompted with boxes and clicks"
+        raise ConfigError(msg)
+
+    def segment_text(self, image: Tensor, spacing: list[float], prompts: dict[int, str]) -> Tensor:
+        """Segment the classes named by text prompts (the text protocol's interface).
+
+        Args:
+            image: Intensities ``[D, H, W]``.
+            spacing: Voxel size in mm, ``(z, y, x)``.
+            prompts: Text per class id.
+
+        Returns:
+            Label map ``[D, H, W]`` (int64) with the prompts' class ids.
+        """
+        msg = (
+            f"{type(self).__name__} takes no text prompts; test it with "
+            "--model.init_args.protocol interactive (or native)"
+        )
+        raise ConfigError(msg)
+
+    @property
+    def protocol(self) -> str:
+        """The test protocol: ``native``, ``interactive`` or ``text``."""
+        return str(self.hparams.get("protocol", "native"))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """The native test, or one step of the evaluation protocol."""
+        if self.protocol == "native":
+            self.native_test_step(batch, batch_idx)
+            return
+        segment = self.segment_interactive if self.protocol == "interactive" else self.segment_text
+        for score in self._harness.run_batch(batch, segment):
+            self.log(f"test_{self.protocol}_score", score, batch_size=1, on_epoch=True)
+
+    def on_test_epoch_start(self) -> None:
+        """Start the native test or a fresh protocol harness."""
+        if self.protocol == "native":
+            self.on_native_test_epoch_start()
+            return
+        name = "segment_interactive" if self.protocol == "interactive" else "segment_text"
+        if getattr(type(self), name) is getattr(BaseTask, name):
+            kind = "boxes and clicks" if self.protocol == "interactive" else "text"
+            msg = (
+                f"{type(self).__name__} cannot be prompted with {kind}, so it cannot run the "
+                f"{self.protocol} protocol; choose another --model.init_args.protocol"
+            )
+            raise ConfigError(msg)
+        self._harness = ProtocolHarness(
+            self.protocol,  # type: ignore[arg-type]
+            self.output_dir,
+            num_clicks=int(self.hparams.get("protocol_clicks", 5)),
+            tolerance=float(self.hparams.get("nsd_tolerance", 2.0)),
+            save_predictions=bool(self.hparams.get("save_predictions", True)),
+            num_overlays=min(2, int(self.hparams.get("num_overlays", 2))),
+        )
+
+    def on_test_epoch_end(self) -> None:
+        """Write the native test's or the protocol's tables and overlays."""
+        if self.protocol == "native":
+            self.on_native_test_epoch_end()
+            return
+        self._finish_protocol()
+
+    @rank_zero_only
+    def _finish_protocol(self) -> None:
+        trainer = self.trainer
+        self._harness.finish(trainer.loggers, step=trainer.global_step)
+        rank_zero_info(
+            f"\n{self.protocol} protocol ({self.output_dir}):\n" + self._harness.summary_markdown()
+        )
 
     @property
     def output_dir(self) -> Path:

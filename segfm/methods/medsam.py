@@ -12,9 +12,10 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from segfm.checkpoints.sam import load_into
-from segfm.data.io.nifti import write_nifti
 from segfm.data.sample import Batch
 from segfm.evaluation import CaseTable, case_scores, log_table
+from segfm.evaluation.interactive import ClassPrompt
+from segfm.evaluation.writers import write_prediction
 from segfm.methods.base import BaseTask
 from segfm.models import build_sam
 from segfm.prompts import expand_boxes, jitter_boxes, masks_to_boxes, volume_boxes
@@ -53,6 +54,9 @@ class MedSAM(BaseTask):
         lr_schedule: ``constant`` (the published recipe) or ``cosine``.
         output_dir: Folder for test/predict outputs (default: the run's log folder).
         export_official: Write an official SAM file beside every checkpoint.
+        protocol: ``native`` tests with the method's own inference; ``interactive`` runs the CVPR
+            2025 box-then-clicks protocol (:mod:`segfm.evaluation.harness`).
+        protocol_clicks: Click steps of the interactive protocol.
     """
 
     monitor = "val_dice"
@@ -78,6 +82,8 @@ class MedSAM(BaseTask):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         output_dir: str | None = None,
         export_official: bool = True,
+        protocol: Literal["native", "interactive", "text"] = "native",
+        protocol_clicks: int = 5,
     ) -> None:
         if box_shift < 0:
             msg = f"box_shift must be >= 0, got {box_shift}"
@@ -94,6 +100,8 @@ class MedSAM(BaseTask):
             lr_schedule=lr_schedule,
             output_dir=output_dir,
             export_official=export_official,
+            protocol=protocol,
+            protocol_clicks=protocol_clicks,
         )
 
     def configure_models(self) -> None:
@@ -275,6 +283,88 @@ class MedSAM(BaseTask):
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[:, 0]
 
+    @torch.no_grad()
+    def segment_interactive(
+        self,
+        image: Tensor,
+        spacing: list[float],
+        prompts: dict[int, ClassPrompt],
+        previous: Tensor | None,
+    ) -> Tensor:
+        """Segment classes from boxes, then refine them with clicks (the protocol's interface).
+
+        With boxes and no previous prediction, every class is segmented by slice propagation
+        (:meth:`segment_volume`). Clicks then act on their own slices: each slice with clicks
+        of a class is decoded again from the class's box on that slice (the previous mask's
+        box, or the 3D box's middle-slice box inside its slice range) and the slice's clicks as
+        SAM point prompts, and the class's mask on that slice is replaced.
+
+        Args:
+            image: Grey volume ``[D, H, W]``.
+            spacing: Voxel size (unused).
+            prompts: Box and clicks per class id.
+            previous: The previous label map, or None.
+
+        Returns:
+            Label map ``[D, H, W]``.
+        """
+        boxes = {c: p.box for c, p in prompts.items() if p.box is not None}
+        if previous is not None:
+            seg = previous.clone().long()
+        elif boxes:
+            seg = self.segment_volume(image, boxes)  # type: ignore[arg-type]
+        else:
+            seg = torch.zeros(image.shape, dtype=torch.long, device=image.device)
+        h, w = image.shape[1:]
+        threshold, margin = self.hparams["mask_threshold"], self.hparams["propagation_margin"]
+        for c, prompt in prompts.items():
+            by_slice: dict[int, list[tuple[tuple[int, ...], int]]] = {}
+            for point, label in prompt.clicks():
+                by_slice.setdefault(int(point[0]), []).append((tuple(point), label))
+            for z, clicks in sorted(by_slice.items()):
+                mask = seg[z] == c
+                box = None
+                if mask.any():
+                    box = expand_boxes(masks_to_boxes(mask[None]), margin, (h, w))[0]
+                elif prompt.box is not None and prompt.box["z_min"] <= z <= prompt.box["z_max"]:
+                    b = prompt.box
+                    corners = [
+                        b["z_mid_x_min"],
+                        b["z_mid_y_min"],
+                        b["z_mid_x_max"],
+                        b["z_mid_y_max"],
+                    ]
+                    box = torch.tensor(corners, dtype=torch.float32, device=image.device)
+                coords = torch.tensor(
+                    [[p[2], p[1]] for p, _ in clicks], dtype=torch.float32, device=image.device
+                )
+                labels = torch.tensor([lab for _, lab in clicks], device=image.device)
+                embedding = self._encode_slices(image, [z])[z]
+                prob = self._decode_prompted(embedding, box, coords, labels, (h, w))
+                seg[z][mask] = 0
+                seg[z][(prob > threshold) & (seg[z] == 0)] = c
+        return seg
+
+    def _decode_prompted(
+        self,
+        embedding: Tensor,
+        box: Tensor | None,
+        coords: Tensor,
+        labels: Tensor,
+        size: tuple[int, int],
+    ) -> Tensor:
+        """Probability map ``[H, W]`` of one slice from an optional box and points (pixels)."""
+        h, w = size
+        scale = torch.tensor(
+            [self.model.image_size / w, self.model.image_size / h], device=coords.device
+        )
+        boxes = None if box is None else (box * scale.repeat(2))[None]
+        logits, _ = self.model.decode(
+            embedding, points=((coords * scale)[None], labels[None]), boxes=boxes
+        )
+        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)[0, 0]
+
     def _infer_batch(self, batch: Batch) -> list[dict[str, Any]]:
         if batch["image"].ndim != 5:
             msg = (
@@ -296,7 +386,7 @@ class MedSAM(BaseTask):
             )
         return results
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def native_test_step(self, batch: Batch, batch_idx: int) -> None:
         """Segment each volume from boxes of its reference, score it, write outputs."""
         for r in self._infer_batch(batch):
             i = r["index"]
@@ -330,10 +420,7 @@ class MedSAM(BaseTask):
         seg = result["seg"].cpu().numpy()
         seg = seg.astype(np.uint8 if seg.max() < 256 else np.uint16)
         if self.hparams["save_predictions"]:
-            affine = meta.get("affine")
-            if affine is None:  # no source grid known: voxel size only, (x, y, z) order
-                affine = np.diag([*reversed(result["spacing"]), 1.0])
-            write_nifti(self.output_dir / "predictions" / f"{case_id}.nii.gz", seg, affine)
+            write_prediction(self.output_dir / "predictions", case_id, seg, meta, result["spacing"])
         if self._overlays_written < self.hparams["num_overlays"] and result["boxes"]:
             largest = max(
                 result["boxes"].values(),
@@ -346,7 +433,7 @@ class MedSAM(BaseTask):
             self.save_overlay(f"{case_id}_z{z:03d}", image, seg[z], reference)
             self._overlays_written += 1
 
-    def on_test_epoch_start(self) -> None:
+    def on_native_test_epoch_start(self) -> None:
         """Start empty tables."""
         self.configure_metrics()
 
@@ -355,7 +442,7 @@ class MedSAM(BaseTask):
         self._overlays_written = 0
 
     @rank_zero_only
-    def on_test_epoch_end(self) -> None:
+    def on_native_test_epoch_end(self) -> None:
         """Write the per-case and per-class tables and print the per-case table."""
         if not len(self.case_table):
             return

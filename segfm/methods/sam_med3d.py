@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from monai.losses import DiceCELoss
 from torch import Tensor
@@ -15,11 +16,12 @@ from torch import Tensor
 from segfm.checkpoints.sam import load_into
 from segfm.checkpoints.sam_med3d import load_official
 from segfm.data.io.clicks_file import ClassClicks, read_clicks_file
-from segfm.data.io.geometry import map_points, resample_nearest
-from segfm.data.io.nifti import write_nifti
+from segfm.data.io.geometry import map_points
 from segfm.data.sample import Batch
 from segfm.errors import DataError
 from segfm.evaluation import CaseTable, dice, log_table, surface_dice
+from segfm.evaluation.interactive import ClassPrompt
+from segfm.evaluation.writers import write_prediction
 from segfm.methods.base import BaseTask
 from segfm.methods.roi import crop_padded, inside, paste_add, region_windows, windows_box
 from segfm.models import build_sam
@@ -91,6 +93,9 @@ class SAMMed3D(BaseTask):
         lr_gamma: Factor of each drop.
         output_dir: Folder for test/predict outputs (default: the run's log folder).
         export_official: Write an official SAM-Med3D file beside every checkpoint.
+        protocol: ``native`` tests with the N-click inference above; ``interactive`` runs the
+            CVPR 2025 box-then-clicks protocol (:mod:`segfm.evaluation.harness`).
+        protocol_clicks: Click steps of the interactive protocol.
     """
 
     monitor = "val_dice"
@@ -125,6 +130,8 @@ class SAMMed3D(BaseTask):
         lr_gamma: float = 0.1,
         output_dir: str | None = None,
         export_official: bool = True,
+        protocol: Literal["native", "interactive", "text"] = "native",
+        protocol_clicks: int = 5,
     ) -> None:
         checks = {
             "train_iterations must be >= 1": train_iterations >= 1,
@@ -147,6 +154,8 @@ class SAMMed3D(BaseTask):
             lr_gamma=lr_gamma,
             output_dir=output_dir,
             export_official=export_official,
+            protocol=protocol,
+            protocol_clicks=protocol_clicks,
         )
 
     # ------------------------------------------------------------------- set-up
@@ -328,6 +337,7 @@ class SAMMed3D(BaseTask):
         target: Tensor | None = None,
         clicks: list[Click] | None = None,
         on_step: Callable[[int, Tensor, Tensor, Click | None], None] | None = None,
+        previous: Tensor | None = None,
     ) -> tuple[Tensor, tuple[tuple[int, ...], tuple[int, ...]], list[Click]]:
         """Segment one target of a volume, click after click.
 
@@ -342,6 +352,8 @@ class SAMMed3D(BaseTask):
             clicks: User clicks ``((z, y, x), 1 or 0)``.
             on_step: Called after every step with the step index, the probability map of the
                 covered box, the target on that box (or an empty tensor) and the click added.
+            previous: A previous binary prediction ``[D, H, W]`` given to the first step as the
+                mask prompt (the CVPR 2025 baseline's binary low-res mask); zeros otherwise.
 
         Returns:
             The probability map of the covered box, the box ``(low, high)`` and the clicks.
@@ -360,6 +372,11 @@ class SAMMed3D(BaseTask):
             ]
         )
         lows = self._empty_low(len(starts), volume.device)
+        if previous is not None:
+            masks = torch.stack([crop_padded(previous.float(), st, size) for st in starts])
+            lows = F.interpolate(
+                self._to_net(masks[:, None]), size=lows.shape[2:], mode="trilinear"
+            )
         box_target = target[box] if target is not None else volume.new_zeros(0)
         shape = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
         prob = volume.new_zeros(shape)
@@ -587,7 +604,57 @@ class SAMMed3D(BaseTask):
             "scores": scores,
         }
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    @torch.no_grad()
+    def segment_interactive(
+        self,
+        image: Tensor,
+        spacing: list[float],
+        prompts: dict[int, ClassPrompt],
+        previous: Tensor | None,
+    ) -> Tensor:
+        """Segment classes from their boxes and clicks (the interactive protocol's interface).
+
+        SAM-Med3D takes no box prompt; as in the CVPR 2025 baseline, a box becomes a positive
+        click at its centre and fixes the region the cubes cover. All clicks of a class are
+        decoded together, with the previous prediction of the class as the mask prompt.
+
+        Args:
+            image: Intensities ``[D, H, W]``.
+            spacing: Voxel size (unused: the data module resampled the volume).
+            prompts: Box and clicks per class id.
+            previous: The previous label map, or None.
+
+        Returns:
+            Label map ``[D, H, W]``; overlaps go to the most probable class.
+        """
+        seg = torch.zeros(image.shape, dtype=torch.long, device=image.device)
+        best = torch.zeros(image.shape, device=image.device)
+        for c, prompt in prompts.items():
+            clicks: list[Click] = []
+            box = prompt.box
+            if box is not None:
+                lo = (box["z_min"], box["z_mid_y_min"], box["z_mid_x_min"])
+                hi = (box["z_max"] + 1, box["z_mid_y_max"] + 1, box["z_mid_x_max"] + 1)
+                centre = (box["z_mid"], (lo[1] + hi[1] - 1) // 2, (lo[2] + hi[2] - 1) // 2)
+                clicks.append((centre, 1))
+            clicks += [(tuple(int(v) for v in p), label) for p, label in prompt.clicks()]  # type: ignore[misc]
+            if not clicks:
+                continue
+            if box is None:
+                anchor = np.asarray(
+                    [p for p, label in clicks if label == 1] or [p for p, _ in clicks]
+                )
+                lo = tuple(int(v) for v in anchor.min(0))
+                hi = tuple(int(v) + 1 for v in anchor.max(0))
+            prev = None if previous is None else previous == c
+            prob, (blo, bhi), _ = self.refine(image, lo, hi, clicks=clicks, previous=prev)
+            region = tuple(slice(a, b) for a, b in zip(blo, bhi, strict=True))
+            win = (prob > self.hparams["mask_threshold"]) & (prob > best[region])
+            seg[region][win] = c
+            best[region][win] = prob[win]
+        return seg
+
+    def native_test_step(self, batch: Batch, batch_idx: int) -> None:
         """Segment every class of each volume with ``num_clicks`` simulated clicks and score it."""
         for i in range(batch["image"].shape[0]):
             r = self._segment_case(batch, i, batch_idx, score=True)
@@ -613,17 +680,9 @@ class SAMMed3D(BaseTask):
         seg = result["seg"].cpu().numpy()
         meta = result["meta"]
         if self.hparams["save_predictions"]:
-            affine = meta.get("affine")
-            if affine is None:  # no grid known: voxel size only, (x, y, z) order
-                affine = np.diag([*reversed(result["spacing"]), 1.0])
-            affine = np.asarray(affine, dtype=np.float64)
-            if meta.get("source_affine") is not None and meta.get("source_shape") is not None:
-                seg = resample_nearest(
-                    seg, affine, np.asarray(meta["source_affine"]), tuple(meta["source_shape"])
-                )
-                affine = np.asarray(meta["source_affine"], dtype=np.float64)
-            path = self.output_dir / "predictions" / f"{result['case_id']}.nii.gz"
-            write_nifti(path, seg.astype(np.int64), affine)
+            write_prediction(
+                self.output_dir / "predictions", result["case_id"], seg, meta, result["spacing"]
+            )
         if self._overlays_written < self.hparams["num_overlays"]:
             pred = result["seg"]
             ref = result["label"]
@@ -638,7 +697,7 @@ class SAMMed3D(BaseTask):
                 )
                 self._overlays_written += 1
 
-    def on_test_epoch_start(self) -> None:
+    def on_native_test_epoch_start(self) -> None:
         """Start empty tables."""
         self.configure_metrics()
 
@@ -647,7 +706,7 @@ class SAMMed3D(BaseTask):
         self.configure_metrics()
 
     @rank_zero_only
-    def on_test_epoch_end(self) -> None:
+    def on_native_test_epoch_end(self) -> None:
         """Write the per-click, per-class and per-case tables and the mean curve over clicks."""
         if not len(self.case_table):
             return

@@ -105,3 +105,29 @@ def test_propagation_stays_inside_the_class_slice_range(method):
     method.model = BrightInBox()
     seg = method.segment_volume(volume, volume_boxes(label, [1]))
     assert torch.equal(seg, label)
+
+
+def test_interactive_clicks_change_only_their_slices(method):
+    from segfm.evaluation.interactive import ClassPrompt
+
+    volume = torch.rand(6, 32, 32)
+    previous = torch.zeros(6, 32, 32, dtype=torch.long)
+    previous[1:5, 8:20, 8:20] = 3
+    prompt = ClassPrompt(fg=[(2, 14, 14)], bg=[(2, 9, 9), (4, 10, 10)])
+    seg = method.segment_interactive(volume, [1.0, 1.0, 1.0], {3: prompt}, previous)
+    assert seg.shape == previous.shape
+    for z in (0, 1, 3, 5):  # slices without clicks keep the previous prediction
+        assert torch.equal(seg[z], previous[z])
+    assert set(seg.unique().tolist()) <= {0, 3}
+
+
+def test_interactive_box_step_is_slice_propagation(method):
+    from segfm.evaluation.interactive import ClassPrompt
+
+    volume = torch.rand(6, 32, 32)
+    label = torch.zeros(6, 32, 32, dtype=torch.long)
+    label[1:5, 8:20, 8:20] = 2
+    boxes = volume_boxes(label, [2])
+    direct = method.segment_volume(volume, boxes)
+    seg = method.segment_interactive(volume, [1.0] * 3, {2: ClassPrompt(box=boxes[2])}, None)
+    assert torch.equal(seg, direct)

@@ -202,3 +202,87 @@ def test_refine_with_given_clicks_needs_no_target(method: SAMMed3D) -> None:
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         SAMMed3D(arch="tiny", image_size=SIZE, **kwargs)
+
+
+def _bright_cubes(generator: torch.Generator, n: int = 4) -> dict[str, torch.Tensor]:
+    label = torch.zeros(n, 1, SIZE, SIZE, SIZE, dtype=torch.long)
+    image = torch.randn(n, 1, SIZE, SIZE, SIZE, generator=generator) * 0.3
+    for b in range(n):
+        centre = torch.randint(8, 24, (3,), generator=generator)
+        r = int(torch.randint(3, 7, (1,), generator=generator))
+        region = (b, 0, *(slice(int(v) - r, int(v) + r) for v in centre))
+        label[region] = 1
+        image[region] += 2.0
+    return {"image": image, "label": label}
+
+
+def test_training_learns_to_segment_from_one_click() -> None:
+    torch.manual_seed(0)
+    method = SAMMed3D(
+        arch="tiny",
+        image_size=SIZE,
+        train_iterations=3,
+        lr=1e-3,
+        decoder_lr_scale=1.0,
+        lr_schedule="constant",
+        num_clicks=1,
+        export_official=False,
+    )
+    method.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    optimizer = method.configure_optimizers()
+    generator = torch.Generator().manual_seed(0)
+
+    def one_click_dice(batch: dict[str, torch.Tensor]) -> float:
+        scores = []
+        for i in range(batch["image"].shape[0]):
+            volume, target = batch["image"][i, 0], batch["label"][i, 0] == 1
+            found = torch.nonzero(target)
+            lo = tuple(int(v) for v in found.min(0).values)
+            hi = tuple(int(v) + 1 for v in found.max(0).values)
+            prob, (blo, bhi), _ = method.refine(volume, lo, hi, target=target)
+            pred = torch.zeros_like(target)
+            pred[tuple(slice(a, b) for a, b in zip(blo, bhi, strict=True))] = prob > 0.5
+            scores.append(float(2 * (pred & target).sum() / (pred.sum() + target.sum())))
+        return sum(scores) / len(scores)
+
+    held_out = _bright_cubes(torch.Generator().manual_seed(99))
+    before = one_click_dice(held_out)
+    for step in range(60):
+        loss = method.training_step(_bright_cubes(generator), step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = one_click_dice(held_out)
+    assert after > 0.4 and after > before + 0.3, (before, after)
+
+
+def test_interactive_box_becomes_a_centre_click_and_the_region(method: SAMMed3D) -> None:
+    from segfm.evaluation.interactive import ClassPrompt
+
+    calls: list[dict[str, Any]] = []
+    refine = method.refine
+
+    def spy(volume: torch.Tensor, lo: Any, hi: Any, **kwargs: Any) -> Any:
+        calls.append({"lo": lo, "hi": hi, **kwargs})
+        return refine(volume, lo, hi, **kwargs)
+
+    method.refine = spy  # type: ignore[method-assign]
+    box = {
+        "z_min": 4,
+        "z_max": 9,
+        "z_mid": 6,
+        "z_mid_x_min": 10,
+        "z_mid_y_min": 12,
+        "z_mid_x_max": 20,
+        "z_mid_y_max": 16,
+    }
+    volume = torch.randn(20, 40, 40)
+    prompts = {2: ClassPrompt(box=box, bg=[(5, 13, 11)])}
+    previous = torch.zeros(20, 40, 40, dtype=torch.long)
+    previous[5:8, 12:15, 11:19] = 2
+    seg = method.segment_interactive(volume, [1.5] * 3, prompts, previous)
+    (call,) = calls
+    assert call["lo"] == (4, 12, 10) and call["hi"] == (10, 17, 21)
+    assert call["clicks"] == [((6, 14, 15), 1), ((5, 13, 11), 0)]
+    assert torch.equal(call["previous"], previous == 2)
+    assert seg.shape == volume.shape and set(seg.unique().tolist()) <= {0, 2}

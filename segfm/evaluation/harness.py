@@ -1,0 +1,289 @@
+"""One test harness for every promptable method: runs a protocol per case and writes the report.
+
+A method hands over its segmenter (see :data:`segfm.evaluation.interactive.Segmenter` and
+:data:`segfm.evaluation.text.TextSegmenter`); the harness draws the prompts, scores every step,
+and writes, under the output folder:
+
+- ``protocol_<name>_cases.csv`` (one row per case) with ``_summary.md`` / ``_summary.json``;
+- ``protocol_<name>_classes.csv`` (one row per case and class);
+- ``protocol_interactive_steps.csv`` (one row per case and step);
+- ``predictions/``: npz in the challenge's submission layout for npz inputs, NIfTI on the source
+  grid otherwise;
+- ``overlays/``: the worst and the best case;
+
+and sends the tables and the overlays to the active loggers (a W&B table when W&B is on).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from torch import Tensor
+
+from segfm.evaluation.image_logging import log_image, log_table
+from segfm.evaluation.interactive import Segmenter, run_interactive
+from segfm.evaluation.overlay import overlay, save_png
+from segfm.evaluation.table import CaseTable
+from segfm.evaluation.text import TextSegmenter, run_text
+from segfm.evaluation.writers import write_prediction
+from segfm.prompts import volume_boxes
+
+Protocol = Literal["interactive", "text"]
+
+
+class ProtocolHarness:
+    """Runs one evaluation protocol over the cases of a test epoch.
+
+    Args:
+        protocol: ``interactive`` (box, then clicks) or ``text``.
+        output_dir: Folder of the tables, predictions and overlays.
+        num_clicks: Click steps of the interactive protocol.
+        tolerance: NSD tolerance in mm.
+        seed: Seed of the click rule.
+        boxes_from_mask: Give classes without a box in the data (``meta["boxes"]``) the box of
+            their reference mask; when False such cases skip the box step, as in the challenge.
+        save_predictions: Write the predictions.
+        num_overlays: Overlays of the worst and best cases (0, 1 = worst, 2 = worst and best).
+    """
+
+    def __init__(
+        self,
+        protocol: Protocol,
+        output_dir: str | Path,
+        num_clicks: int = 5,
+        tolerance: float = 2.0,
+        seed: int = 42,
+        boxes_from_mask: bool = True,
+        save_predictions: bool = True,
+        num_overlays: int = 2,
+    ) -> None:
+        if protocol not in ("interactive", "text"):
+            msg = f"unknown protocol {protocol!r}; choose interactive or text"
+            raise ValueError(msg)
+        self.protocol = protocol
+        self.output_dir = Path(output_dir)
+        self.num_clicks = num_clicks
+        self.tolerance = tolerance
+        self.seed = seed
+        self.boxes_from_mask = boxes_from_mask
+        self.save_predictions = save_predictions
+        self.num_overlays = num_overlays
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new epoch: empty tables, no overlay candidates."""
+        if self.protocol == "interactive":
+            steps = range(1, self.num_clicks + 2)
+            metrics = ["dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds"]
+            metrics += [f"dsc_{k}" for k in steps] + [f"nsd_{k}" for k in steps]
+        else:
+            metrics = ["dsc", "nsd", "f1", "dsc_tp", "seconds"]
+        self.cases = CaseTable(metrics)
+        self.classes = CaseTable(["dsc", "nsd"])
+        self.steps = CaseTable(["dsc", "nsd", "seconds"])
+        self._pictures: list[tuple[float, str, np.ndarray]] = []
+        self.unscored: list[str] = []
+
+    # ---------------------------------------------------------------- per case
+    def run_batch(self, batch: dict[str, Any], segment: Segmenter | TextSegmenter) -> list[float]:
+        """Run the protocol on every case of a batch; returns each case's headline score."""
+        if batch["image"].ndim != 5:
+            msg = (
+                f"the {self.protocol} protocol runs on volumes [B, 1, D, H, W], got "
+                f"{tuple(batch['image'].shape)}; use a data module whose test split yields volumes"
+            )
+            raise ValueError(msg)
+        if "label" not in batch:  # nothing to score (or to place clicks) against
+            names = [str(m.get("case_id", "?")) for m in batch["meta"]]
+            self.unscored += names
+            warnings.warn(
+                f"{self.protocol} protocol: {names} have no reference mask and are skipped; "
+                "give evaluation masks (e.g. test_mask/) to score them",
+                stacklevel=2,
+            )
+            return []
+        scores = []
+        for i in range(batch["image"].shape[0]):
+            image, label = batch["image"][i, 0], batch["label"][i, 0]
+            meta = batch["meta"][i]
+            classes = batch.get("classes", [{}] * (i + 1))[i]
+            spacing = [float(v) for v in batch["spacing"][i]]
+            case_id = str(meta.get("case_id", f"case_{len(self.cases)}"))
+            if self.protocol == "interactive":
+                score = self._interactive(segment, case_id, image, label, spacing, meta, classes)  # type: ignore[arg-type]
+            else:
+                score = self._text(segment, case_id, image, label, spacing, meta, classes)  # type: ignore[arg-type]
+            scores.append(score)
+        return scores
+
+    def _interactive(
+        self,
+        segment: Segmenter,
+        case_id: str,
+        image: Tensor,
+        label: Tensor,
+        spacing: Sequence[float],
+        meta: dict[str, Any],
+        classes: dict[int, Any],
+    ) -> float:
+        boxes = dict(meta.get("boxes") or {})
+        if self.boxes_from_mask:
+            missing = [int(c) for c in label.unique() if c > 0 and int(c) not in boxes]
+            boxes |= volume_boxes(label, missing) if missing else {}
+        result = run_interactive(
+            segment,
+            image,
+            label,
+            spacing,
+            boxes,
+            num_clicks=self.num_clicks,
+            tolerance=self.tolerance,
+            seed=self.seed,
+        )
+        row: dict[str, Any] = {"case": case_id, "dataset": meta.get("dataset", "")}
+        row["classes"] = len(result.prompts)
+        row |= {k: v for k, v in result.summary.items()}
+        for s in result.steps:
+            row[f"dsc_{s['step']}"] = s["dsc"]
+            row[f"nsd_{s['step']}"] = s["nsd"]
+            self.steps.add(
+                case=case_id,
+                step=s["step"],
+                prompt=s["prompt"],
+                dsc=s["dsc"],
+                nsd=s["nsd"],
+                seconds=s["seconds"],
+                skipped=s["skipped"],
+                over_limit=s["over_limit"],
+            )
+        self.cases.add(**row)
+        last = result.steps[-1]["classes"]
+        for c, s in last.items():
+            clicks = "".join("-" if o is None else o[0] for o in result.prompts[c].order)
+            name = classes[c].name if c in classes else str(c)
+            self.classes.add(
+                case=case_id, class_id=c, class_name=name, dsc=s["dsc"], nsd=s["nsd"], clicks=clicks
+            )
+        final = result.segs[-1]
+        if self.save_predictions:
+            write_prediction(
+                self.output_dir / "predictions", case_id, final, meta, spacing, result.segs
+            )
+        self._keep_picture(result.summary["dsc_final"], case_id, image, final, label)
+        return float(result.summary["dsc_final"])
+
+    def _text(
+        self,
+        segment: TextSegmenter,
+        case_id: str,
+        image: Tensor,
+        label: Tensor,
+        spacing: Sequence[float],
+        meta: dict[str, Any],
+        classes: dict[int, Any],
+    ) -> float:
+        instance = bool(meta.get("instance", False))
+        prompts = dict(meta.get("text_prompts") or {})
+        if not prompts:  # the classes' canonical prompts
+            prompts = {
+                int(c): (info.prompts[0] if info.prompts else info.name)
+                for c, info in classes.items()
+            }
+        if not prompts:
+            msg = f"case {case_id!r} has no text prompts and no class names to prompt with"
+            raise ValueError(msg)
+        result = run_text(segment, image, label, spacing, prompts, instance, self.tolerance)
+        self.cases.add(
+            case=case_id,
+            dataset=meta.get("dataset", ""),
+            instance=instance,
+            dsc=result["dsc"],
+            nsd=result["nsd"],
+            f1=result["f1"],
+            dsc_tp=result["dsc_tp"],
+            seconds=result["seconds"],
+        )
+        for c, s in result["classes"].items():
+            name = classes[c].name if c in classes else str(c)
+            self.classes.add(
+                case=case_id,
+                class_id=c,
+                class_name=name,
+                prompt=prompts.get(c, ""),
+                dsc=s["dsc"],
+                nsd=s["nsd"],
+            )
+        if self.save_predictions:
+            write_prediction(self.output_dir / "predictions", case_id, result["seg"], meta, spacing)
+        score = result["f1"] if instance else result["dsc"]
+        self._keep_picture(score, case_id, image, result["seg"], label)
+        return float(score)
+
+    def _keep_picture(
+        self, score: float, case_id: str, image: Tensor, seg: np.ndarray, label: Tensor
+    ) -> None:
+        """Keep the overlay of the case if it is the worst or the best so far."""
+        if self.num_overlays <= 0 or math.isnan(score):
+            return
+        ref = label.cpu().numpy()
+        z = int((ref > 0).reshape(ref.shape[0], -1).sum(1).argmax())
+        picture = overlay(image[z].cpu().numpy(), np.asarray(seg)[z], ref[z])
+        name = case_id.replace("/", "_")  # one flat folder of pictures
+        self._pictures.append((score, f"{name}_z{z:03d}", picture))
+        self._pictures.sort(key=lambda p: p[0])
+        if len(self._pictures) > 2:
+            del self._pictures[1:-1]  # the worst and the best
+
+    # -------------------------------------------------------------- epoch end
+    def finish(self, loggers: Iterable[Any] = (), step: int = 0) -> dict[str, Path]:
+        """Write the tables and overlays, and send them to the loggers.
+
+        Returns:
+            The files written, by name.
+        """
+        written: dict[str, Path] = {}
+        if not len(self.cases):
+            return written
+        stem = f"protocol_{self.protocol}"
+        written |= {
+            f"cases_{k}": v for k, v in self.cases.write(self.output_dir, f"{stem}_cases").items()
+        }
+        if len(self.classes):
+            written |= {
+                f"classes_{k}": v
+                for k, v in self.classes.write(self.output_dir, f"{stem}_classes").items()
+            }
+        if len(self.steps):
+            written |= {
+                f"steps_{k}": v
+                for k, v in self.steps.write(self.output_dir, f"{stem}_steps").items()
+            }
+        loggers = list(loggers)
+        columns = list(self.cases.rows[0])
+        log_table(
+            loggers, f"test/{stem}", columns, [[r.get(c) for c in columns] for r in self.cases.rows]
+        )
+        labels = ["worst", "best"] if len(self._pictures) > 1 else ["worst"]
+        for kind, (_, name, picture) in zip(labels, self._pictures, strict=False):
+            if kind == "best" and self.num_overlays < 2:
+                break
+            path = save_png(picture, self.output_dir / "overlays" / f"{stem}_{kind}_{name}.png")
+            written[f"overlay_{kind}"] = path
+            log_image(loggers, f"overlays/{stem}_{kind}", picture, step=step)
+        return written
+
+    def summary_markdown(self) -> str:
+        """The per-case table with its means, for the console."""
+        if self.protocol == "interactive":
+            columns = ["case", "classes", "dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds"]
+        else:
+            columns = ["case", "dsc", "nsd", "f1", "dsc_tp", "seconds"]
+        table = self.cases.to_markdown(columns)
+        if self.unscored:
+            table += f"\n{len(self.unscored)} case(s) without a reference mask were skipped.\n"
+        return table

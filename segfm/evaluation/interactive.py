@@ -1,0 +1,181 @@
+"""The CVPR 2025 interactive protocol, for any method that segments from boxes and clicks.
+
+Per case: step 1 gives every class its box; steps 2..6 add at most one click per class, at the
+centre of the largest error component of that class (:func:`segfm.prompts.center_error_click`),
+and pass the previous prediction. Clicks accumulate. After every step the prediction is scored
+(DSC; NSD only when the case-mean DSC > 0.2), and the run is summarised by the area under the
+DSC / NSD curve of the click steps and by their final values. A method takes part through one
+function, :data:`Segmenter`; no protocol code lives inside the methods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from segfm.evaluation.curves import summarise_steps
+from segfm.evaluation.metrics import interactive_case_scores
+from segfm.prompts import center_error_click
+
+#: the challenge's limit on the running time per class and step, in seconds
+TIME_LIMIT_PER_CLASS = 90.0
+
+Point = tuple[int, ...]
+
+
+@dataclass
+class ClassPrompt:
+    """The prompts of one class so far.
+
+    Attributes:
+        box: The CVPR box (``z_min``, ``z_max``, ``z_mid`` and the 2D box ``z_mid_x_min``,
+            ``z_mid_y_min``, ``z_mid_x_max``, ``z_mid_y_max`` on slice ``z_mid``), or None.
+        fg: Foreground clicks, voxel indices ``(z, y, x)``, oldest first.
+        bg: Background clicks.
+        order: ``"fg"`` / ``"bg"`` / None per click step (None: no error, no click).
+    """
+
+    box: dict[str, int] | None = None
+    fg: list[Point] = field(default_factory=list)
+    bg: list[Point] = field(default_factory=list)
+    order: list[str | None] = field(default_factory=list)
+
+    def clicks(self) -> list[tuple[Point, int]]:
+        """All clicks as ``(point, 1 or 0)``, foreground first."""
+        return [(p, 1) for p in self.fg] + [(p, 0) for p in self.bg]
+
+
+#: ``segment(image [D, H, W], spacing, prompts by class id, previous label map or None)``
+#: returns the label map ``[D, H, W]`` (int64) of the classes prompted.
+Segmenter = Callable[[Tensor, Sequence[float], dict[int, ClassPrompt], Tensor | None], Tensor]
+
+
+@dataclass
+class InteractiveResult:
+    """Everything one case produced under the protocol.
+
+    Attributes:
+        steps: Per step: ``step`` (1..), ``prompt`` (``box`` / ``click``), ``dsc``, ``nsd``,
+            ``seconds``, ``skipped`` (step 1 without boxes), ``over_limit`` and ``classes``
+            (per-class dsc / nsd).
+        segs: The label map after every step (zeros for a skipped step).
+        prompts: The final prompts per class (boxes and accumulated clicks).
+        summary: ``dsc_auc``, ``nsd_auc``, ``dsc_final``, ``nsd_final``, ``seconds``,
+            ``over_limit``.
+    """
+
+    steps: list[dict[str, Any]]
+    segs: list[np.ndarray]
+    prompts: dict[int, ClassPrompt]
+    summary: dict[str, Any]
+
+
+def run_interactive(
+    segment: Segmenter,
+    image: Tensor,
+    label: Tensor,
+    spacing: Sequence[float],
+    boxes: dict[int, dict[str, int]] | None,
+    num_clicks: int = 5,
+    tolerance: float = 2.0,
+    seed: int = 42,
+    time_limit: float = TIME_LIMIT_PER_CLASS,
+) -> InteractiveResult:
+    """Run the interactive protocol on one case.
+
+    Args:
+        segment: The method (see :data:`Segmenter`).
+        image: Intensities ``[D, H, W]``.
+        label: Reference label map ``[D, H, W]``; its non-zero values are the classes.
+        spacing: Voxel size in mm, ``(z, y, x)``.
+        boxes: Box per class id; None or empty skips step 1 (DSC = NSD = 0 there, as the
+            challenge scores cases without boxes).
+        num_clicks: Click steps after the box step (5 in the challenge).
+        tolerance: NSD tolerance in mm.
+        seed: Seed of the click rule's tie-breaking.
+        time_limit: Seconds allowed per class and step; slower steps are flagged.
+
+    Returns:
+        Per-step scores, the predictions and the prompts.
+
+    Raises:
+        ValueError: If the label has no class or shapes disagree.
+    """
+    if image.shape != label.shape or image.ndim != 3:
+        msg = (
+            f"image and label must both be [D, H, W], got {list(image.shape)} / {list(label.shape)}"
+        )
+        raise ValueError(msg)
+    gt = label.cpu().numpy()
+    class_ids = [int(c) for c in np.unique(gt) if c != 0]
+    if not class_ids:
+        msg = "the reference has no class to prompt (all zeros)"
+        raise ValueError(msg)
+    prompts = {c: ClassPrompt(box=(boxes or {}).get(c)) for c in class_ids}
+    seg = torch.zeros_like(label, dtype=torch.long)
+    steps: list[dict[str, Any]] = []
+    segs: list[np.ndarray] = []
+    has_boxes = any(p.box is not None for p in prompts.values())
+
+    def score(step: int, kind: str, seconds: float, skipped: bool) -> None:
+        pred = seg.cpu().numpy()
+        scores = interactive_case_scores(pred, gt, spacing, class_ids, tolerance)
+        if skipped:
+            scores = {
+                "dsc": 0.0,
+                "nsd": 0.0,
+                "classes": {c: {"dsc": 0.0, "nsd": 0.0} for c in class_ids},
+            }
+        steps.append(
+            {
+                "step": step,
+                "prompt": kind,
+                "dsc": scores["dsc"],
+                "nsd": scores["nsd"],
+                "seconds": seconds,
+                "skipped": skipped,
+                "over_limit": seconds > time_limit * len(class_ids),
+                "classes": scores["classes"],
+            }
+        )
+        segs.append(pred.astype(np.int64))
+
+    if has_boxes:
+        start = time.perf_counter()
+        box_prompts = {c: p for c, p in prompts.items() if p.box is not None}
+        seg = segment(image, spacing, box_prompts, None).to(torch.long)
+        score(1, "box", time.perf_counter() - start, skipped=False)
+    else:
+        score(1, "box", 0.0, skipped=True)
+    for step in range(2, num_clicks + 2):
+        pred = seg.cpu().numpy()
+        for c, p in prompts.items():
+            found = center_error_click(pred == c, gt == c, seed=seed)
+            if found is None:
+                p.order.append(None)
+                continue
+            point, positive = tuple(int(v) for v in found[0]), bool(found[1])
+            (p.fg if positive else p.bg).append(point)
+            p.order.append("fg" if positive else "bg")
+        start = time.perf_counter()
+        previous = seg if (has_boxes or step > 2) else None
+        active = {c: p for c, p in prompts.items() if p.box is not None or p.fg or p.bg}
+        seg = segment(image, spacing, active, previous).to(torch.long)
+        score(step, "click", time.perf_counter() - start, skipped=False)
+    dsc = summarise_steps([s["dsc"] for s in steps], auc_steps=num_clicks)
+    nsd = summarise_steps([s["nsd"] for s in steps], auc_steps=num_clicks)
+    summary = {
+        "dsc_auc": dsc["auc"],
+        "nsd_auc": nsd["auc"],
+        "dsc_final": dsc["final"],
+        "nsd_final": nsd["final"],
+        "seconds": float(sum(s["seconds"] for s in steps)),
+        "over_limit": any(s["over_limit"] for s in steps),
+    }
+    return InteractiveResult(steps=steps, segs=segs, prompts=prompts, summary=summary)

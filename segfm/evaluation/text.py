@@ -1,0 +1,88 @@
+"""The CVPR 2025 text-guided protocol, for any method that segments from text prompts.
+
+Semantic datasets: every class named in the case's text prompts and present in the reference is
+segmented from its prompt and scored with DSC and NSD (no DSC threshold). Instance datasets: one
+prompt; a binary prediction is split into connected instances, matched to the reference at
+IoU >= 0.5, and scored with F1 and the Dice of the matched pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from segfm.evaluation.instances import instance_f1
+from segfm.evaluation.metrics import semantic_case_scores
+
+#: ``segment(image [D, H, W], spacing, {class id: prompt})`` returns the label map ``[D, H, W]``.
+TextSegmenter = Callable[[Tensor, Sequence[float], dict[int, str]], Tensor]
+
+
+def run_text(
+    segment: TextSegmenter,
+    image: Tensor,
+    label: Tensor,
+    spacing: Sequence[float],
+    prompts: dict[int, str],
+    instance: bool,
+    tolerance: float = 2.0,
+) -> dict[str, Any]:
+    """Run the text-guided protocol on one case.
+
+    Args:
+        segment: The method (see :data:`TextSegmenter`).
+        image: Intensities ``[D, H, W]``.
+        label: Reference class (or instance) ids ``[D, H, W]``.
+        spacing: Voxel size in mm.
+        prompts: Text per class id (one entry for instance datasets).
+        instance: Whether the label holds instances of one class.
+        tolerance: NSD tolerance in mm.
+
+    Returns:
+        ``seg`` (the prediction), ``dsc``, ``nsd`` (NaN for instance cases), ``f1``, ``dsc_tp``
+        (NaN for semantic cases), ``classes`` (per-class scores) and ``seconds``.
+
+    Raises:
+        ValueError: If no prompted class is present, or an instance case has several prompts.
+    """
+    gt = label.cpu().numpy()
+    if instance:
+        if len(prompts) != 1:
+            msg = f"an instance dataset has one class prompt, got {len(prompts)}"
+            raise ValueError(msg)
+        asked = dict(prompts)
+    else:
+        present = {int(c) for c in np.unique(gt) if c != 0}
+        asked = {c: t for c, t in prompts.items() if c in present}
+        if not asked:
+            msg = f"none of the prompted classes {sorted(prompts)} is in the reference"
+            raise ValueError(msg)
+    start = time.perf_counter()
+    seg = segment(image, spacing, asked).cpu().numpy().astype(np.int64)
+    seconds = time.perf_counter() - start
+    if instance:
+        found = instance_f1(seg, gt)
+        return {
+            "seg": seg,
+            "dsc": math.nan,
+            "nsd": math.nan,
+            "f1": found["f1"],
+            "dsc_tp": found["dsc_tp"],
+            "classes": {},
+            "seconds": seconds,
+        }
+    scores = semantic_case_scores(seg, gt, spacing, sorted(asked), tolerance)
+    return {
+        "seg": seg,
+        "dsc": scores["dsc"],
+        "nsd": scores["nsd"],
+        "f1": math.nan,
+        "dsc_tp": math.nan,
+        "classes": scores["classes"],
+        "seconds": seconds,
+    }

@@ -1,0 +1,113 @@
+"""The protocol harness: tables, predictions, overlays and logger output, with scripted methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from segfm.data.sample import ClassInfo
+from segfm.evaluation.harness import ProtocolHarness
+
+
+class _Logger:
+    def __init__(self) -> None:
+        self.tables: dict[str, Any] = {}
+        self.images: list[str] = []
+
+    def log_table(self, key: str, columns: list[str], data: list[list[Any]]) -> None:
+        self.tables[key] = (columns, data)
+
+    def log_image(self, key: str, images: list[np.ndarray], step: int) -> None:
+        self.images.append(key)
+
+
+def _batch(case: str, label: torch.Tensor, **meta: Any) -> dict[str, Any]:
+    return {
+        "image": label[None, None].float(),
+        "label": label[None, None],
+        "spacing": torch.tensor([[2.0, 1.0, 1.0]]),
+        "classes": [{1: ClassInfo("liver", ("liver", "the liver")), 2: ClassInfo("spleen")}],
+        "meta": [{"case_id": case, "dataset": "D", **meta}],
+    }
+
+
+def _label(shift: int) -> torch.Tensor:
+    label = torch.zeros(8, 10, 10, dtype=torch.long)
+    label[2:6, 2:6, 2:6] = 1
+    label[2:6, 6 + shift : 9, 6:9] = 2
+    return label
+
+
+def test_interactive_tables_predictions_overlays_and_loggers(tmp_path: Path) -> None:
+    harness = ProtocolHarness("interactive", tmp_path, num_clicks=2)
+
+    def oracle(image, spacing, prompts, previous):  # the reference, for the classes prompted
+        ref = image.long()
+        return torch.where(torch.isin(ref, torch.tensor(sorted(prompts))), ref, 0)
+
+    def nothing(image, spacing, prompts, previous):
+        return torch.zeros(image.shape, dtype=torch.long)
+
+    affine = np.diag([-0.8, -0.8, 2.0, 1.0])
+    assert harness.run_batch(_batch("good", _label(0), affine=affine), oracle) == [1.0]
+    assert harness.run_batch(_batch("bad", _label(1), affine=affine), nothing) == [0.0]
+    logger = _Logger()
+    files = harness.finish([logger], step=3)
+    rows = harness.cases.rows
+    assert [r["case"] for r in rows] == ["good", "bad"]
+    assert rows[0]["dsc_1"] == 1.0 and rows[0]["dsc_auc"] == pytest.approx(
+        1.0
+    )  # 2 click steps: one trapezoid
+    assert rows[1]["dsc_final"] == 0.0
+    assert files["cases_csv"].read_text().startswith("case,dataset,classes,")
+    classes = harness.classes.rows
+    assert {(r["case"], r["class_name"]) for r in classes} >= {("good", "liver"), ("bad", "spleen")}
+    assert {r["clicks"] for r in classes if r["case"] == "bad"} == {"ff"}  # two misses each
+    assert {r["clicks"] for r in classes if r["case"] == "good"} == {"--"}  # nothing to fix
+    pred = nib.load(tmp_path / "predictions" / "good.nii.gz")
+    np.testing.assert_allclose(pred.affine, affine)
+    assert np.array_equal(np.asarray(pred.dataobj).transpose(2, 1, 0), _label(0).numpy())
+    assert "worst" in files["overlay_worst"].name and "bad" in files["overlay_worst"].name
+    assert "good" in files["overlay_best"].name
+    columns, data = logger.tables["test/protocol_interactive"]
+    assert columns[0] == "case" and len(data) == 2
+    assert sorted(logger.images) == [
+        "overlays/protocol_interactive_best",
+        "overlays/protocol_interactive_worst",
+    ]
+
+
+def test_text_uses_the_cases_prompts_or_the_class_names(tmp_path: Path) -> None:
+    harness = ProtocolHarness("text", tmp_path)
+    seen: list[dict[int, str]] = []
+
+    def segment(image, spacing, prompts):
+        seen.append(dict(prompts))
+        return image.long()
+
+    harness.run_batch(_batch("a", _label(0), text_prompts={1: "a liver", 2: "a spleen"}), segment)
+    harness.run_batch(_batch("b", _label(0)), segment)
+    assert seen == [{1: "a liver", 2: "a spleen"}, {1: "liver", 2: "spleen"}]
+    assert [r["dsc"] for r in harness.cases.rows] == [1.0, 1.0]
+    harness.finish()
+    assert (tmp_path / "protocol_text_cases.csv").is_file()
+    assert (tmp_path / "protocol_text_classes.csv").read_text().count("a spleen") == 1
+
+
+def test_cases_without_masks_are_skipped_with_a_warning(tmp_path: Path) -> None:
+    harness = ProtocolHarness("interactive", tmp_path)
+    batch = _batch("nomask", _label(0))
+    del batch["label"]
+    with pytest.warns(UserWarning, match="no reference mask"):
+        assert harness.run_batch(batch, lambda *a: None) == []
+    assert harness.unscored == ["nomask"] and "skipped" in harness.summary_markdown()
+
+
+def test_unknown_protocol() -> None:
+    with pytest.raises(ValueError, match="unknown protocol"):
+        ProtocolHarness("zoom", ".")  # type: ignore[arg-type]
