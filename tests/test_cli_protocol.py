@@ -23,32 +23,45 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
-def test_interactive_protocol_from_cli(method: str, npz_root: Path, tmp_path: Path) -> None:
+def test_fit_on_npz_then_interactive_protocol(method: str, npz_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
+    common = [
+        "--config",
+        str(CONFIGS[method]),
+        "--data",
+        "segfm.data.NpzDataModule",
+        "--data.init_args.root",
+        str(npz_root),
+        "--data.init_args.num_workers",
+        "0",
+        "--data.init_args.mode",
+        "slices" if method == "medsam" else "volumes",
+        "--data.init_args.patch_size",
+        "32",
+        "--data.init_args.image_size",
+        "32",
+        "--data.init_args.val_fraction",
+        "0.2",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.version",
+        "run",
+    ]
+    main(["fit", *common])  # mixed datasets (semantic and instance) in one run
+    ckpt = sorted((tmp_path / "lightning_logs" / "run" / "checkpoints").glob("*.ckpt"))[-1]
     with pytest.warns(UserWarning, match="no reference mask"):
         main(
             [
                 "test",
-                "--config",
-                str(CONFIGS[method]),
-                "--data",
-                "segfm.data.NpzDataModule",
-                "--data.init_args.root",
-                str(npz_root),
-                "--data.init_args.num_workers",
-                "0",
-                "--data.init_args.patch_size",
-                "32",
-                "--data.init_args.image_size",
-                "32",
+                *common,
+                "--ckpt_path",
+                str(ckpt),
                 "--model.init_args.protocol",
                 "interactive",
                 "--model.init_args.output_dir",
                 str(out),
                 "--model.init_args.num_overlays",
                 "2",
-                "--trainer.logger.init_args.save_dir",
-                str(tmp_path),
             ]
         )
     cases = _rows(out / "protocol_interactive_cases.csv")
