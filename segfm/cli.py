@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import lazy_instance
@@ -12,14 +14,20 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
+import segfm.accelerators  # noqa: F401  (registers accelerator npu, strategies single_npu / ddp_npu)
 from segfm.data.base import BaseDataModule
-from segfm.errors import SegfmError
+from segfm.errors import CheckpointError, SegfmError
 from segfm.evaluate import evaluate
 from segfm.export import export
-from segfm.methods.base import BaseTask
+from segfm.methods.base import BaseTask, run_dir
+from segfm.verify import verify_data_command
 
 #: segfm's own subcommands: thin wrappers whose arguments come from the library function
-EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {"export": export, "evaluate": evaluate}
+EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {
+    "export": export,
+    "evaluate": evaluate,
+    "verify-data": verify_data_command,
+}
 
 
 class SegfmSaveConfig(SaveConfigCallback):
@@ -30,10 +38,16 @@ class SegfmSaveConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Pick the file name from the stage, then save."""
+        """Pick the file name from the stage and the folder from the run, then save."""
+        if self.already_saved:
+            return
         stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
-        if stage != "fit":
-            self.config_filename = f"config_{stage}.yaml"
+        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        # Lightning saves into trainer.log_dir, the save_dir every W&B run shares: go one deeper
+        folder = run_dir(trainer)
+        if trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+        self.config_filename = os.path.relpath(folder / name, trainer.log_dir)
         super().setup(trainer, pl_module, stage)
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -46,6 +60,23 @@ class SegfmSaveConfig(SaveConfigCallback):
                 logger.experiment.config.update(config, allow_val_change=True)
 
 
+def _check_ckpt_path(ckpt_path: str | None) -> None:
+    """Refuse a missing or unreadable ``--ckpt_path`` in one line, before Lightning reads it."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or ckpt_path.startswith("registry"):
+        return
+    path = Path(ckpt_path)
+    if not path.is_file():
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
+        msg = f"--ckpt_path {ckpt_path} {what}; give a .ckpt file written by segfm fit"
+        raise CheckpointError(msg)
+    if not zipfile.is_zipfile(path):
+        msg = (
+            f"--ckpt_path {ckpt_path} is not a readable PyTorch checkpoint (truncated or corrupt); "
+            "copy it again or pick another checkpoint"
+        )
+        raise CheckpointError(msg)
+
+
 class SegfmCLI(LightningCLI):
     """LightningCLI on segfm's base classes (subclass mode) with extra subcommands."""
 
@@ -55,7 +86,8 @@ class SegfmCLI(LightningCLI):
         for name, fn in EXTRA_SUBCOMMANDS.items():
             description = (fn.__doc__ or "").strip().splitlines()[0]
             sub = LightningArgumentParser(description=description)
-            sub.add_function_arguments(fn, fail_untyped=True)
+            # sub_configs: a class-typed argument also takes a YAML file (verify-data --data X.yaml)
+            sub.add_function_arguments(fn, fail_untyped=True, sub_configs=True)
             subcommands.add_subcommand(name, sub, help=description)
 
     def _parse_ckpt_path(self) -> None:
@@ -66,6 +98,8 @@ class SegfmCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         if subcommand in EXTRA_SUBCOMMANDS:
             return
+        if subcommand:
+            _check_ckpt_path(self.config[subcommand].get("ckpt_path"))
         model = self.config[subcommand].get("model") if subcommand else None
         if model is not None and model.get("class_path"):
             return
@@ -105,7 +139,8 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
     if "--debug" in argv:
         argv.remove("--debug")
         debug = True
-    os.environ.setdefault("WANDB_MODE", "offline")
+    if "WANDB_SWEEP_ID" not in os.environ:  # a sweep agent's runs report to the sweep
+        os.environ.setdefault("WANDB_MODE", "offline")
     try:
         cli = SegfmCLI(
             model_class=BaseTask,

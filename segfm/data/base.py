@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segfm.data.sample import Sample, collate
 from segfm.errors import ConfigError
@@ -52,10 +53,21 @@ class BaseDataModule(LightningDataModule):
                 "first (the Trainer does) and check that the split has cases"
             )
             raise ConfigError(msg)
+        sampler: Sampler[int] | None = None
+        trainer = self.trainer
+        if split in ("test", "predict") and trainer is not None and trainer.world_size > 1:
+            # every case once: Lightning's own test sampler pads the ranks with repeated cases
+            sampler = UnrepeatedDistributedSampler(
+                self.datasets[split],  # type: ignore[arg-type]
+                num_replicas=trainer.world_size,
+                rank=trainer.global_rank,
+                shuffle=False,
+            )
         return DataLoader(
             self.datasets[split],
             batch_size=1 if split in self.one_sample_splits else self.batch_size,
             shuffle=split == "train",
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,

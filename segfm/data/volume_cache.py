@@ -98,6 +98,19 @@ def _as_label(array: np.ndarray, label_value: int | None) -> np.ndarray:
     return array.astype(dtype)
 
 
+def _check_label_values(array: np.ndarray, path: Path) -> None:
+    """Refuse labels that are not integers >= 0 (interpolated or signed masks)."""
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array) & (array == np.round(array))):
+        msg = (
+            f"{path} holds non-integer label values; store integer class ids (resample labels "
+            "with nearest neighbour)"
+        )
+        raise DataError(msg)
+    if array.size and array.min() < 0:
+        msg = f"{path} holds negative label values; store 0 for background and class ids >= 1"
+        raise DataError(msg)
+
+
 def _class_stats(label: np.ndarray | None) -> dict[str, dict[str, Any]]:
     """Voxel count and bounding box of every class id > 0 present in ``label``."""
     if label is None or not label.any():
@@ -129,7 +142,8 @@ def preprocess(
         entry's meta (see :class:`Entry`).
 
     Raises:
-        DataError: If a file is unreadable or the label's shape is not the image's.
+        DataError: If a file is unreadable, the label's shape is not the image's, or the label
+            holds values that are not integers >= 0.
     """
     source = read_nifti(item.image)
     image, affine = to_canonical(source.array.astype(np.float32), source.affine)
@@ -143,6 +157,7 @@ def preprocess(
                 f"{source.array.shape}; export the label on the image's grid"
             )
             raise DataError(msg)
+        _check_label_values(mask, item.label)
         label = to_canonical(_as_label(mask, item.label_value), source.affine)[0]
     if spacing is not None:
         grid, shape = isotropic_grid(affine, image.shape, spacing)

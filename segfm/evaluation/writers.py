@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from segfm.data.io.atomic import check_not_input
 from segfm.data.io.geometry import resample_nearest
 from segfm.data.io.nifti import write_nifti
 from segfm.data.io.npz_cvpr import write_prediction_npz
@@ -38,12 +39,17 @@ def write_prediction(
 
     Returns:
         The file written.
+
+    Raises:
+        DataError: If the file would overwrite one of the sample's input files.
     """
     folder = Path(folder)
     name = str(meta.get("file_name") or "")
     seg = np.asarray(seg)
+    inputs = [meta.get("source"), meta.get("path"), meta.get("label_source")]
     if name.endswith(".npz"):
         path = folder / name
+        check_not_input(path, inputs)
         write_prediction_npz(path, seg.astype(np.int64), all_segs)
         return path
     affine = meta.get("affine")
@@ -56,5 +62,6 @@ def write_prediction(
         )
         affine = np.asarray(meta["source_affine"], dtype=np.float64)
     path = folder / f"{case_id}.nii.gz"
+    check_not_input(path, inputs)
     write_nifti(path, seg.astype(np.int64), affine)
     return path

@@ -10,14 +10,32 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
+from segfm.data.io.atomic import check_outside_data
 from segfm.data.sample import Batch
 from segfm.errors import ConfigError
 from segfm.evaluation import log_image, overlay, save_png
 from segfm.evaluation.harness import ProtocolHarness
 from segfm.evaluation.interactive import ClassPrompt
+
+
+def run_dir(trainer: pl.Trainer) -> Path:
+    """The folder of this run's files (every rank calls it: it broadcasts).
+
+    The logger's ``log_dir`` for CSV and TensorBoard; for loggers without one (W&B), the folder
+    Lightning puts the checkpoints under, ``<save_dir>/<name>/<version>``, rather than the
+    ``save_dir`` that every run of that logger shares.
+    """
+    log_dir = trainer.log_dir
+    logger = trainer.loggers[0] if trainer.loggers else None
+    if logger is None or isinstance(logger, CSVLogger | TensorBoardLogger) or not log_dir:
+        return Path(log_dir or "outputs")
+    version = logger.version
+    version = version if isinstance(version, str) else f"version_{version}"
+    return Path(trainer.strategy.broadcast(str(Path(log_dir) / str(logger.name) / version)))
 
 
 class BaseTask(pl.LightningModule, ABC):
@@ -131,12 +149,13 @@ class BaseTask(pl.LightningModule, ABC):
         return optimizer
 
     def configure_callbacks(self) -> list[Callback]:
-        """The official-format export beside every checkpoint, when the method has a format."""
-        if self.official_format is None or not self.hparams.get("export_official", True):
-            return []
-        from segfm.callbacks.official_export import OfficialExport
+        """Random states in checkpoints (exact resume) and the official-format export."""
+        from segfm.callbacks import OfficialExport, RandomStateCheckpoint
 
-        return [OfficialExport(self.official_format)]
+        callbacks: list[Callback] = [RandomStateCheckpoint()]
+        if self.official_format is not None and self.hparams.get("export_official", True):
+            callbacks.append(OfficialExport(self.official_format))
+        return callbacks
 
     @abstractmethod
     def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
@@ -212,10 +231,26 @@ class BaseTask(pl.LightningModule, ABC):
             return
         segment = self.segment_interactive if self.protocol == "interactive" else self.segment_text
         for score in self._harness.run_batch(batch, segment):
-            self.log(f"test_{self.protocol}_score", score, batch_size=1, on_epoch=True)
+            self.log(
+                f"test_{self.protocol}_score", score, batch_size=1, on_epoch=True, sync_dist=True
+            )
+
+    def _check_output_dir(self) -> None:
+        """Refuse a predictions folder inside the data folder (it could overwrite inputs)."""
+        if not self.hparams.get("save_predictions", True):
+            return
+        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        root = getattr(datamodule, "root", None)
+        if root is not None:
+            check_outside_data(self.output_dir / "predictions", root)
+
+    def on_predict_epoch_start(self) -> None:
+        """Check where predictions go before writing any."""
+        self._check_output_dir()
 
     def on_test_epoch_start(self) -> None:
         """Start the native test or a fresh protocol harness."""
+        self._check_output_dir()
         if self.protocol == "native":
             self.on_native_test_epoch_start()
             return
@@ -241,9 +276,19 @@ class BaseTask(pl.LightningModule, ABC):
         if self.protocol == "native":
             self.on_native_test_epoch_end()
             return
-        self._finish_protocol()
+        harness = self._harness
+        for table in (harness.cases, harness.classes, harness.steps):
+            table.rows = self.gather_rows(table.rows)
+        harness.unscored = [
+            str(r["case"]) for r in self.gather_rows([{"case": c} for c in harness.unscored])
+        ]
+        pictures = self.gather_rows([{"p": p} for p in harness._pictures])
+        harness._pictures = sorted((r["p"] for r in pictures), key=lambda p: p[0])
+        if len(harness._pictures) > 2:
+            del harness._pictures[1:-1]
+        if self.trainer.is_global_zero:
+            self._finish_protocol()
 
-    @rank_zero_only
     def _finish_protocol(self) -> None:
         trainer = self.trainer
         self._harness.finish(trainer.loggers, step=trainer.global_step)
@@ -251,15 +296,31 @@ class BaseTask(pl.LightningModule, ABC):
             f"\n{self.protocol} protocol ({self.output_dir}):\n" + self._harness.summary_markdown()
         )
 
+    def setup(self, stage: str) -> None:
+        """Resolve :attr:`output_dir` on every rank (finding the run's folder is a collective)."""
+        self._output_dir: Path | None = None
+        self._output_dir = self.output_dir
+
     @property
     def output_dir(self) -> Path:
         """Where test and predict outputs go: ``output_dir`` or the run's log folder."""
         if self.hparams.get("output_dir"):
             return Path(self.hparams["output_dir"])
+        if getattr(self, "_output_dir", None) is not None:
+            return self._output_dir  # type: ignore[return-value]
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.log_dir:
-            return Path(trainer.log_dir)
+            return run_dir(trainer)
         return Path("outputs")
+
+    def gather_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The table rows of every process (all of them call this), in rank order."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return rows
+        parts: list[list[dict[str, Any]] | None] = [None] * trainer.world_size
+        torch.distributed.all_gather_object(parts, rows)
+        return [row for part in parts for row in part or []]
 
     @rank_zero_only
     def save_overlay(

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from monai.losses import DiceLoss
 from torch import Tensor, nn
 
@@ -402,8 +402,8 @@ class MedSAM(BaseTask):
             dsc = float(np.mean([s["dsc"] for s in scores.values()])) if scores else float("nan")
             nsd = float(np.mean([s["nsd"] for s in scores.values()])) if scores else float("nan")
             self.case_table.add(case=case_id, classes=len(scores), dsc=dsc, nsd=nsd)
-            self.log("test_dsc", dsc, batch_size=1, on_epoch=True)
-            self.log("test_nsd", nsd, batch_size=1, on_epoch=True)
+            self.log("test_dsc", dsc, batch_size=1, on_epoch=True, sync_dist=True)
+            self.log("test_nsd", nsd, batch_size=1, on_epoch=True, sync_dist=True)
             self._write_outputs(case_id, r, meta)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
@@ -415,7 +415,6 @@ class MedSAM(BaseTask):
             out.append(r["seg"].cpu())
         return out
 
-    @rank_zero_only
     def _write_outputs(self, case_id: str, result: dict[str, Any], meta: dict[str, Any]) -> None:
         seg = result["seg"].cpu().numpy()
         seg = seg.astype(np.uint8 if seg.max() < 256 else np.uint16)
@@ -438,14 +437,18 @@ class MedSAM(BaseTask):
         self.configure_metrics()
 
     def on_predict_epoch_start(self) -> None:
-        """Start counting overlays."""
+        """Check the output folder and start counting overlays."""
+        super().on_predict_epoch_start()
         self._overlays_written = 0
 
-    @rank_zero_only
     def on_native_test_epoch_end(self) -> None:
-        """Write the per-case and per-class tables and print the per-case table."""
-        if not len(self.case_table):
-            return
+        """Gather the per-case and per-class tables of all ranks; rank zero writes them."""
+        self.case_table.rows = self.gather_rows(self.case_table.rows)
+        self.class_table.rows = self.gather_rows(self.class_table.rows)
+        if self.trainer.is_global_zero and len(self.case_table):
+            self._write_tables()
+
+    def _write_tables(self) -> None:
         self.class_table.write(self.output_dir, "test_classes")
         self.case_table.write(self.output_dir, "test_cases")
         rows = [[r["case"], r["class_name"], r["dsc"], r["nsd"]] for r in self.class_table.rows]

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from monai.losses import DiceCELoss
 from torch import Tensor
 
@@ -662,8 +662,8 @@ class SAMMed3D(BaseTask):
             dsc = float(np.mean([s["dsc"] for s in scores.values()])) if scores else float("nan")
             nsd = float(np.mean([s["nsd"] for s in scores.values()])) if scores else float("nan")
             self.case_table.add(case=r["case_id"], classes=len(scores), dsc=dsc, nsd=nsd)
-            self.log("test_dsc", dsc, batch_size=1, on_epoch=True)
-            self.log("test_nsd", nsd, batch_size=1, on_epoch=True)
+            self.log("test_dsc", dsc, batch_size=1, on_epoch=True, sync_dist=True)
+            self.log("test_nsd", nsd, batch_size=1, on_epoch=True, sync_dist=True)
             self._write_outputs(r)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
@@ -675,7 +675,6 @@ class SAMMed3D(BaseTask):
             out.append(r["seg"].cpu())
         return out
 
-    @rank_zero_only
     def _write_outputs(self, result: dict[str, Any]) -> None:
         seg = result["seg"].cpu().numpy()
         meta = result["meta"]
@@ -702,14 +701,18 @@ class SAMMed3D(BaseTask):
         self.configure_metrics()
 
     def on_predict_epoch_start(self) -> None:
-        """Start counting overlays."""
+        """Check the output folder and start counting overlays."""
+        super().on_predict_epoch_start()
         self.configure_metrics()
 
-    @rank_zero_only
     def on_native_test_epoch_end(self) -> None:
-        """Write the per-click, per-class and per-case tables and the mean curve over clicks."""
-        if not len(self.case_table):
-            return
+        """Gather the tables of all ranks; rank zero writes them with the mean click curve."""
+        for table in (self.click_table, self.class_table, self.case_table):
+            table.rows = self.gather_rows(table.rows)
+        if self.trainer.is_global_zero and len(self.case_table):
+            self._write_tables()
+
+    def _write_tables(self) -> None:
         out = self.output_dir
         self.click_table.write(out, "test_clicks")
         self.class_table.write(out, "test_classes")

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from segfm.data.io.atomic import atomic_path
+from segfm.data.io.atomic import atomic_path, reported_write
 from segfm.errors import DataError
 
 _INT_TYPES = (np.uint8, np.int16, np.uint16, np.int32)
@@ -49,7 +49,8 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
         The volume with its array in ``(Z, Y, X)`` order.
 
     Raises:
-        DataError: If the file is missing, unreadable, or not a single 3D volume.
+        DataError: If the file is missing, unreadable, not a single 3D volume, or its voxel sizes
+            are not > 0 or its affine is singular.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,6 +75,16 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
         raise DataError(msg)
     # the shortest decimal that is the stored float32 (2.54, not 2.5399999618530273)
     spacing = tuple(float(str(np.float32(z))) for z in zooms[:3][::-1])
+    sizes = np.asarray(spacing)
+    if not (np.all(np.isfinite(sizes) & (sizes > 0)) and np.all(np.isfinite(affine))):
+        msg = (
+            f"{path} has voxel sizes {list(spacing)} mm (z, y, x) and affine {affine.tolist()}; "
+            "fix its header (pixdim, qform / sform) to voxel sizes > 0 and re-save it"
+        )
+        raise DataError(msg)
+    if abs(np.linalg.det(affine[:3, :3])) <= 0:
+        msg = f"{path} has a singular affine {affine.tolist()}; fix its qform / sform, re-save it"
+        raise DataError(msg)
     return Volume(np.ascontiguousarray(data.transpose(2, 1, 0)), affine, spacing)  # [Z, Y, X]
 
 
@@ -90,6 +101,7 @@ def write_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndar
 
     Raises:
         ValueError: If ``array`` is not 3D or ``affine`` is not ``(4, 4)``.
+        DataError: If the file cannot be written (nothing is left under its name then).
     """
     array = np.asarray(array)
     affine = np.asarray(affine, dtype=np.float64)
@@ -109,5 +121,5 @@ def write_nifti(path: str | os.PathLike[str], array: np.ndarray, affine: np.ndar
     image.header.set_xyzt_units("mm", "sec")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
+    with reported_write(path), atomic_path(path) as tmp:
         nib.save(image, tmp)

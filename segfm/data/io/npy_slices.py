@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from segfm.errors import DataError
 
 _SLICE = re.compile(r"^(?P<case>.+)-(?P<index>\d+)$")
 _REDO = "re-create it with python -m data_tools.pre_ct_mr --overwrite"
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def _load_npy(path: Path) -> np.ndarray:
     """``np.load`` without pickles, failures reported as :class:`DataError`."""
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as e:
+    except _READ_ERRORS as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         msg = f"cannot read {path} ({reason}); {_REDO}"
         raise DataError(msg) from e
@@ -151,14 +153,14 @@ def read_slice(files: SliceFiles) -> tuple[np.ndarray, np.ndarray]:
     image, label = _load_npy(files.image), _load_npy(files.label)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] != 3:
+    if image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         msg = f"{files.image} has shape {image.shape}; slices must be (H, W, 3) or (H, W)"
         raise DataError(msg)
     if image.dtype == np.uint8:
         image = image.astype(np.float32) / 255
     elif np.issubdtype(image.dtype, np.floating):
         low, high = float(image.min()), float(image.max())
-        if low < -1e-3 or high > 1 + 1e-3:
+        if not (low >= -1e-3 and high <= 1 + 1e-3):  # also true for NaN
             msg = f"{files.image} holds values in [{low:g}, {high:g}]; float slices need [0, 1]"
             raise DataError(msg)
         image = image.astype(np.float32)
@@ -181,7 +183,7 @@ def _open_npz(path: Path) -> Any:
         raise DataError(msg)
     try:
         return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except _READ_ERRORS as e:
         msg = f"cannot read {path} ({e}); {_REDO}"
         raise DataError(msg) from e
 
@@ -198,9 +200,17 @@ def _member(npz: Any, path: Path, key: str) -> np.ndarray:
         raise _missing(path, key)
     try:
         return npz[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except _READ_ERRORS as e:
         msg = f"cannot read '{key}' of {path} ({e}); {_REDO}"
         raise DataError(msg) from e
+
+
+def _checked_spacing(spacing: np.ndarray, path: Path) -> np.ndarray:
+    """The ``spacing`` array, checked to be three finite voxel sizes > 0 (mm)."""
+    if spacing.shape != (3,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
+        msg = f"{path} has spacing {spacing.tolist()!r}, not 3 voxel sizes > 0 in mm; {_REDO}"
+        raise DataError(msg)
+    return spacing
 
 
 def read_geometry(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -213,11 +223,12 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[int, 
         The spacing ``(z, y, x)`` in mm and the shape ``(Z, Y, X)`` of ``imgs``.
 
     Raises:
-        DataError: If the file is unreadable or lacks ``spacing`` or ``imgs``.
+        DataError: If the file is unreadable, lacks ``spacing`` or ``imgs``, or its spacing is
+            not three voxel sizes > 0.
     """
     path = Path(path)
     with _open_npz(path) as npz:
-        spacing = _member(npz, path, "spacing").astype(np.float64)
+        spacing = _checked_spacing(_member(npz, path, "spacing").astype(np.float64), path)
         if "imgs" not in npz.files:
             raise _missing(path, "imgs")
         try:
@@ -225,7 +236,7 @@ def read_geometry(path: str | os.PathLike[str]) -> tuple[np.ndarray, tuple[int, 
                 version = np.lib.format.read_magic(f)
                 read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
                 shape = tuple(read_header(f)[0])
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except _READ_ERRORS as e:
             msg = f"cannot read 'imgs' of {path} ({e}); {_REDO}"
             raise DataError(msg) from e
     return spacing, shape
@@ -242,7 +253,8 @@ def read_volume(path: str | os.PathLike[str]) -> CaseVolume:
         The case volume.
 
     Raises:
-        DataError: If the file is unreadable or its arrays disagree.
+        DataError: If the file is unreadable, its arrays disagree, its spacing is not three
+            voxel sizes > 0 or its affine is singular.
     """
     path = Path(path)
     with _open_npz(path) as npz:
@@ -258,6 +270,10 @@ def read_volume(path: str | os.PathLike[str]) -> CaseVolume:
             f"{path} has imgs {imgs.shape}, gts {gts.shape}, spacing {spacing.shape}, affine "
             f"{affine.shape}; expected (Z, Y, X) twice, (3,) and (4, 4); {_REDO}"
         )
+        raise DataError(msg)
+    _checked_spacing(spacing, path)
+    if not (np.all(np.isfinite(affine)) and abs(np.linalg.det(affine[:3, :3])) > 0):
+        msg = f"{path} has a singular or non-finite affine {affine.tolist()}; {_REDO}"
         raise DataError(msg)
     image = (imgs.astype(np.float32) / 255)[None]  # [1, D, H, W]
     return CaseVolume(image, gts[None].astype(np.int64), spacing, affine, source)

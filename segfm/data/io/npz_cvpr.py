@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from segfm.errors import DataError
 CLASS_PROMPTS = "class_prompts.json"
 EVAL_IMAGES, EVAL_MASKS = "test", "test_mask"
 BOX_KEYS = ("z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max", "z_mid_y_max")
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 class DatasetEntry(NamedTuple):
@@ -99,8 +100,20 @@ class NpzVolume:
 # --- class_prompts.json -----------------------------------------------------------------------
 
 
-def _entry(name: str, value: Any, path: Path) -> DatasetEntry:
-    """Check and convert one dataset entry of ``class_prompts.json``."""
+def parse_dataset_entry(name: str, value: Any, path: Path) -> DatasetEntry:
+    """Check and convert one dataset entry of ``class_prompts.json``.
+
+    Args:
+        name: The dataset name (the entry's key).
+        value: The entry as parsed from JSON.
+        path: ``class_prompts.json`` (for the message).
+
+    Returns:
+        The entry.
+
+    Raises:
+        DataError: If the entry is malformed (naming the dataset and the fix).
+    """
     fix = f'write it as "{name}": {{"1": ["Liver", ...], ..., "instance_label": 0}}'
     if not isinstance(value, dict):
         msg = f"{path}: the entry of {name!r} is a {type(value).__name__}; {fix}"
@@ -148,7 +161,7 @@ def read_class_prompts(path: str | os.PathLike[str]) -> dict[str, DatasetEntry]:
     if not content:
         msg = f"{path} lists no dataset; add one entry per dataset folder"
         raise DataError(msg)
-    return {name: _entry(name, value, path) for name, value in content.items()}
+    return {name: parse_dataset_entry(name, value, path) for name, value in content.items()}
 
 
 def class_infos(entry: DatasetEntry) -> dict[int, ClassInfo]:

@@ -1,0 +1,116 @@
+"""DDP on two CPU processes (gloo), driven from the command line as a user would."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from segfm.data import NpySliceDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "conf" / "medsam_npy_slices.yaml"
+# 5 cases: 3 for test (an odd count, so a padding sampler would repeat one), 1 val, 1 train
+SPLIT = {"val_fraction": 0.2, "test_fraction": 0.6}
+
+
+def _segfm(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run(
+        [sys.executable, "-m", "segfm", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def test_ddp_two_cpu_processes_fit_then_test_each_case_once(npy_slices_root, tmp_path):
+    common = [
+        "--config",
+        str(TINY),
+        "--data.init_args.root",
+        str(npy_slices_root),
+        "--data.init_args.val_fraction",
+        str(SPLIT["val_fraction"]),
+        "--data.init_args.test_fraction",
+        str(SPLIT["test_fraction"]),
+        "--trainer",  # the shipped DDP file (find_unused_parameters, as MedSAM needs) on 2 CPUs
+        str(ROOT / "configs" / "trainer" / "ddp.yaml"),
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.precision",
+        "32-true",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.version",
+        "run",
+    ]
+    _segfm(["fit", *common, "--trainer.max_epochs", "1"], tmp_path)
+    run = tmp_path / "lightning_logs" / "run"
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        (ckpt,) = sorted((run / "checkpoints").glob("*.ckpt"))
+    assert (run / "checkpoints" / "final.pth").is_file()
+
+    _segfm(["test", *common, "--ckpt_path", str(ckpt)], tmp_path)
+    data = NpySliceDataModule(str(npy_slices_root), **SPLIT)
+    data.setup("test")
+    expected = sorted(p.stem for p in data.datasets["test"].paths)
+    assert len(expected) == 3
+    with (run / "test_cases.csv").open() as f:
+        cases = [row["case"] for row in csv.DictReader(f)]
+    assert sorted(cases) == expected, f"each test case exactly once, got {cases}"
+    predictions = sorted(p.name.removesuffix(".nii.gz") for p in (run / "predictions").iterdir())
+    assert predictions == expected
+
+
+def test_ddp_interactive_protocol_scores_each_case_once(npz_root, tmp_path):
+    out = tmp_path / "out"
+    _segfm(
+        [
+            "test",
+            "--config",
+            str(ROOT / "tests" / "conf" / "sam_med3d_nnunet.yaml"),
+            "--data",
+            "segfm.data.NpzDataModule",
+            "--data.init_args.root",
+            str(npz_root),
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.patch_size",
+            "32",
+            "--model.init_args.protocol",
+            "interactive",
+            "--model.init_args.protocol_clicks",
+            "2",
+            "--model.init_args.output_dir",
+            str(out),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.devices",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path),
+        ],
+        tmp_path,
+    )
+    masks = sorted(f"{p.parent.parent.name}/{p.stem}" for p in npz_root.rglob("test_mask/*.npz"))
+    with (out / "protocol_interactive_cases.csv").open() as f:
+        cases = [row["case"] for row in csv.DictReader(f)]
+    assert len(cases) == len(set(cases)) == len(masks)
+    predictions = sorted(p.name for p in (out / "predictions").glob("*.npz"))
+    assert predictions == sorted(p.name for p in npz_root.rglob("test_mask/*.npz"))
