@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from segfm.data.class_folders import ClassFolderDataModule
     from segfm.data.nnunet import NnUNetDataModule
     from segfm.data.npy_slices import NpySliceDataModule
+    from segfm.data.npz import NpzDataModule
     from segfm.data.volumes import VolumeDataModule
 
 __all__ = [
