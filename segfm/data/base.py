@@ -9,6 +9,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from segfm.data.loaders import ResumableDataLoader
 from segfm.data.sample import Sample, collate
 from segfm.errors import ConfigError
 
@@ -46,7 +47,14 @@ class BaseDataModule(LightningDataModule):
         self.datasets: dict[str, Dataset[Sample]] = {}
 
     def _dataloader(self, split: str) -> DataLoader[Sample]:
-        """A loader over one split (shuffled for ``train``)."""
+        """A loader over one split (shuffled for ``train``).
+
+        In a single process the training loader is a :class:`ResumableDataLoader`: its order is
+        drawn from the seed and the epoch, and a fit resumed from a checkpoint written in the
+        middle of an epoch continues that epoch where it stopped. With several processes
+        Lightning puts its distributed sampler in a plain shuffling loader, which restarts an
+        interrupted epoch.
+        """
         if split not in self.datasets:
             msg = (
                 f"{type(self).__name__} has no '{split}' data: run setup('{_STAGE_OF[split]}') "
@@ -63,9 +71,18 @@ class BaseDataModule(LightningDataModule):
                 rank=trainer.global_rank,
                 shuffle=False,
             )
+        batch_size = 1 if split in self.one_sample_splits else self.batch_size
+        if split == "train" and (trainer is None or trainer.world_size == 1):
+            return ResumableDataLoader(
+                self.datasets[split],
+                batch_size=batch_size,
+                num_workers=self.num_workers,
+                collate_fn=collate,
+                persistent_workers=self.num_workers > 0,
+            )
         return DataLoader(
             self.datasets[split],
-            batch_size=1 if split in self.one_sample_splits else self.batch_size,
+            batch_size=batch_size,
             shuffle=split == "train",
             sampler=sampler,
             num_workers=self.num_workers,
