@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -29,6 +30,14 @@ from segfm.prompts import center_error_click, sample_error_clicks
 
 # a click: voxel indices (z, y, x) on the grid the method sees, and 1 (foreground) or 0
 Click = tuple[tuple[int, int, int], int]
+
+
+def _click_region(clicks: list[Click]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The bounding box ``[lo, hi)`` of the positive clicks (of all clicks if none is positive)."""
+    points = np.asarray([p for p, label in clicks if label == 1] or [p for p, _ in clicks])
+    return tuple(int(v) for v in points.min(0)), tuple(int(v) + 1 for v in points.max(0))
+
+
 # NSD is reported as 0 at or below this DSC (MedSAM's and the CVPR 2025 rule)
 NSD_MIN_DICE = 0.2
 
@@ -363,14 +372,7 @@ class SAMMed3D(BaseTask):
         box_lo, box_hi = windows_box(starts, size, volume.shape)
         box = tuple(slice(a, b) for a, b in zip(box_lo, box_hi, strict=True))
         rel = [tuple(s - a for s, a in zip(st, box_lo, strict=True)) for st in starts]
-        fill = float(volume.min())
-        crops = torch.stack([crop_padded(volume, st, size, fill) for st in starts])[:, None]
-        embeddings = torch.cat(
-            [
-                self.model.encode(self._to_net(self.normalize_crops(crops[i : i + 1])))
-                for i in range(len(starts))
-            ]
-        )
+        embeddings = self._window_embeddings(volume, starts)
         lows = self._empty_low(len(starts), volume.device)
         if previous is not None:
             masks = torch.stack([crop_padded(previous.float(), st, size) for st in starts])
@@ -395,6 +397,59 @@ class SAMMed3D(BaseTask):
             if on_step is not None:
                 on_step(step, prob, box_target, new)
         return prob, (box_lo, box_hi), clicks
+
+    def _paste_class(
+        self,
+        seg: Tensor,
+        best: Tensor,
+        prob: Tensor,
+        lo: tuple[int, ...],
+        hi: tuple[int, ...],
+        class_id: int,
+    ) -> None:
+        """Write a class's probability map (box ``[lo, hi)``) into the label map, in place.
+
+        A voxel goes to the class when its probability is above the threshold and above that
+        of the classes written before (kept in ``best``).
+        """
+        box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        win = (prob > self.hparams["mask_threshold"]) & (prob > best[box])
+        seg[box][win] = class_id
+        best[box][win] = prob[win]
+
+    def _window_embeddings(self, volume: Tensor, starts: list[tuple[int, ...]]) -> Tensor:
+        """Embeddings of the cubes at ``starts``, each z-scored on its own.
+
+        The interactive protocol calls :meth:`segment_interactive` once per step on the same
+        volume and regions, so the embeddings of the last volume are kept per set of cubes (and
+        per version of the volume and of the encoder weights): only the decoder runs again for a
+        new click.
+        """
+        weights = sum(p._version for p in self.model.image_encoder.parameters())
+        # inference tensors (Lightning's test loop) have no version counter, and are not
+        # modified in place by the protocol
+        version = 0 if volume.is_inference() else volume._version
+        key = (version, tuple(starts), weights)
+        cached = getattr(self, "_embedding_cache", None)
+        # kept for one tensor object (a weak reference: a new volume never matches a freed one)
+        if cached is None or cached[0]() is not volume:
+            cached = self._embedding_cache = (weakref.ref(volume), {})
+        if key in cached[1]:
+            return cached[1][key]
+        size = self.model.image_size
+        fill = float(volume.min())
+        embeddings = torch.cat(
+            [
+                self.model.encode(
+                    self._to_net(
+                        self.normalize_crops(crop_padded(volume, st, size, fill)[None, None])
+                    )
+                )
+                for st in starts
+            ]
+        )
+        cached[1][key] = embeddings
+        return embeddings
 
     def _next_click(
         self, prob: Tensor, target: Tensor, offset: tuple[int, ...], generator: torch.Generator
@@ -505,9 +560,7 @@ class SAMMed3D(BaseTask):
                 lo = tuple(int(v) for v in box.min(0))
                 hi = tuple(int(v) + 1 for v in box.max(0))
             else:
-                anchor = [p for p, lab in clicks if lab == 1] or [p for p, _ in clicks]
-                centre = np.mean(np.asarray(anchor), axis=0).round().astype(int)
-                lo, hi = tuple(int(v) for v in centre), tuple(int(v) + 1 for v in centre)
+                lo, hi = _click_region(clicks)
             out[class_id] = (clicks, (lo, hi))  # type: ignore[assignment]
         return out
 
@@ -576,10 +629,7 @@ class SAMMed3D(BaseTask):
                 clicks=clicks,
                 on_step=record if (score and target is not None) else None,
             )
-            box = tuple(slice(a, b) for a, b in zip(blo, bhi, strict=True))
-            win = (prob > self.hparams["mask_threshold"]) & (prob > best[box])
-            seg[box][win] = c
-            best[box][win] = prob[win]
+            self._paste_class(seg, best, prob, blo, bhi, c)
             if rows:
                 for r in rows:
                     self.click_table.add(case=case_id, class_id=c, class_name=name, **r)
@@ -641,17 +691,10 @@ class SAMMed3D(BaseTask):
             if not clicks:
                 continue
             if box is None:
-                anchor = np.asarray(
-                    [p for p, label in clicks if label == 1] or [p for p, _ in clicks]
-                )
-                lo = tuple(int(v) for v in anchor.min(0))
-                hi = tuple(int(v) + 1 for v in anchor.max(0))
+                lo, hi = _click_region(clicks)
             prev = None if previous is None else previous == c
             prob, (blo, bhi), _ = self.refine(image, lo, hi, clicks=clicks, previous=prev)
-            region = tuple(slice(a, b) for a, b in zip(blo, bhi, strict=True))
-            win = (prob > self.hparams["mask_threshold"]) & (prob > best[region])
-            seg[region][win] = c
-            best[region][win] = prob[win]
+            self._paste_class(seg, best, prob, blo, bhi, c)
         return seg
 
     def native_test_step(self, batch: Batch, batch_idx: int) -> None:

@@ -286,3 +286,29 @@ def test_interactive_box_becomes_a_centre_click_and_the_region(method: SAMMed3D)
     assert call["clicks"] == [((6, 14, 15), 1), ((5, 13, 11), 0)]
     assert torch.equal(call["previous"], previous == 2)
     assert seg.shape == volume.shape and set(seg.unique().tolist()) <= {0, 2}
+
+
+def test_protocol_steps_reuse_the_embeddings_of_the_same_volume(method: SAMMed3D) -> None:
+    from segfm.evaluation.interactive import ClassPrompt
+
+    calls: list[int] = []
+    encode = method.model.encode
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return encode(x)
+
+    method.model.encode = spy  # type: ignore[method-assign]
+    volume = torch.randn(40, 40, 40)
+    prompts = {1: ClassPrompt(fg=[(20, 20, 20)]), 2: ClassPrompt(fg=[(5, 5, 5)])}
+    first = method.segment_interactive(volume, [1.0] * 3, prompts, None)
+    assert len(calls) == 2  # one cube per class
+    prompts[1].bg.append((22, 22, 22))
+    method.segment_interactive(volume, [1.0] * 3, prompts, first)
+    assert len(calls) == 2  # a new click: decoder only
+    method.segment_interactive(volume.clone(), [1.0] * 3, prompts, first)
+    assert len(calls) == 4  # another volume
+    with torch.no_grad():
+        next(method.model.image_encoder.parameters()).add_(1.0)
+    method.segment_interactive(volume, [1.0] * 3, prompts, first)
+    assert len(calls) == 6  # new weights
