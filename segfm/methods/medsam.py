@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Literal
 
 import numpy as np
@@ -265,21 +266,53 @@ class MedSAM(BaseTask):
         return seg
 
     def _encode_slices(self, volume: Tensor, zs: list[int]) -> dict[int, Tensor]:
-        cache: dict[int, Tensor] = {}
-        step = self.hparams["encode_batch_size"]
-        for i in range(0, len(zs), step):
-            chunk = zs[i : i + step]
-            emb = self.model.encode(self.preprocess_slices(volume[chunk]))
-            cache.update({z: emb[j : j + 1] for j, z in enumerate(chunk)})
-        return cache
+        """Embeddings ``[1, C, g, g]`` of slices ``zs``, ``encode_batch_size`` at a time.
 
-    def _decode_slices(self, embeddings: Tensor, boxes: Tensor, size: tuple[int, int]) -> Tensor:
-        """Probability maps ``[N, H, W]`` of N slice embeddings, one box (original pixels) each."""
+        The embeddings of the last volume are kept (per version of the volume and of the
+        encoder weights), so the interactive protocol's click steps, which come back to the same
+        volume, encode only slices not seen before.
+        """
+        weights = (id(self.model), sum(p._version for p in self.model.parameters()))
+        # inference tensors (Lightning's test loop) have no version counter
+        key = (0 if volume.is_inference() else volume._version, weights)
+        cached = getattr(self, "_slice_cache", None)
+        # kept for one tensor object (a weak reference: a new volume never matches a freed one)
+        if cached is None or cached[0]() is not volume or cached[1] != key:
+            cached = self._slice_cache = (weakref.ref(volume), key, {})
+        slices: dict[int, Tensor] = cached[2]
+        missing = [z for z in zs if z not in slices]
+        step = self.hparams["encode_batch_size"]
+        for i in range(0, len(missing), step):
+            chunk = missing[i : i + step]
+            emb = self.model.encode(self.preprocess_slices(volume[chunk]))
+            slices.update({z: emb[j : j + 1] for j, z in enumerate(chunk)})
+        return {z: slices[z] for z in zs}
+
+    def _decode_slices(
+        self,
+        embeddings: Tensor,
+        boxes: Tensor | None,
+        size: tuple[int, int],
+        points: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Probability maps ``[N, H, W]`` of N slice embeddings from boxes and/or points.
+
+        Args:
+            embeddings: ``[N, C, g, g]``.
+            boxes: ``[N, 4]`` (``x0, y0, x1, y1``) in original pixels, or None.
+            size: Original slice size ``(H, W)``.
+            points: Coordinates ``[N, P, 2]`` (``x, y``) in original pixels and labels ``[N, P]``.
+        """
         h, w = size
         scale = torch.tensor(
-            [self.model.image_size / w, self.model.image_size / h] * 2, device=boxes.device
+            [self.model.image_size / w, self.model.image_size / h], device=embeddings.device
         )
-        logits, _ = self.model.decode(embeddings, boxes=boxes * scale, multimask_output=False)
+        logits, _ = self.model.decode(
+            embeddings,
+            points=None if points is None else (points[0] * scale, points[1]),
+            boxes=None if boxes is None else boxes * scale.repeat(2),
+            multimask_output=False,
+        )
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return torch.sigmoid(logits)[:, 0]
 
@@ -340,30 +373,15 @@ class MedSAM(BaseTask):
                 )
                 labels = torch.tensor([lab for _, lab in clicks], device=image.device)
                 embedding = self._encode_slices(image, [z])[z]
-                prob = self._decode_prompted(embedding, box, coords, labels, (h, w))
+                prob = self._decode_slices(
+                    embedding,
+                    None if box is None else box[None],
+                    (h, w),
+                    (coords[None], labels[None]),
+                )[0]
                 seg[z][mask] = 0
                 seg[z][(prob > threshold) & (seg[z] == 0)] = c
         return seg
-
-    def _decode_prompted(
-        self,
-        embedding: Tensor,
-        box: Tensor | None,
-        coords: Tensor,
-        labels: Tensor,
-        size: tuple[int, int],
-    ) -> Tensor:
-        """Probability map ``[H, W]`` of one slice from an optional box and points (pixels)."""
-        h, w = size
-        scale = torch.tensor(
-            [self.model.image_size / w, self.model.image_size / h], device=coords.device
-        )
-        boxes = None if box is None else (box * scale.repeat(2))[None]
-        logits, _ = self.model.decode(
-            embedding, points=((coords * scale)[None], labels[None]), boxes=boxes
-        )
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(logits)[0, 0]
 
     def _infer_batch(self, batch: Batch) -> list[dict[str, Any]]:
         if batch["image"].ndim != 5:

@@ -425,7 +425,7 @@ class SAMMed3D(BaseTask):
         per version of the volume and of the encoder weights): only the decoder runs again for a
         new click.
         """
-        weights = sum(p._version for p in self.model.image_encoder.parameters())
+        weights = (id(self.model), sum(p._version for p in self.model.parameters()))
         # inference tensors (Lightning's test loop) have no version counter, and are not
         # modified in place by the protocol
         version = 0 if volume.is_inference() else volume._version

@@ -131,3 +131,28 @@ def test_interactive_box_step_is_slice_propagation(method):
     direct = method.segment_volume(volume, boxes)
     seg = method.segment_interactive(volume, [1.0] * 3, {2: ClassPrompt(box=boxes[2])}, None)
     assert torch.equal(seg, direct)
+
+
+def test_interactive_steps_encode_each_slice_of_a_volume_once(method):
+    from segfm.evaluation.interactive import ClassPrompt
+
+    encoded = []
+    encode = method.model.encode
+
+    def spy(x):
+        encoded.append(x.shape[0])
+        return encode(x)
+
+    method.model.encode = spy
+    volume = torch.rand(6, 32, 32)
+    label = torch.zeros(6, 32, 32, dtype=torch.long)
+    label[1:5, 8:20, 8:20] = 2
+    prompt = ClassPrompt(box=volume_boxes(label, [2])[2])
+    first = method.segment_interactive(volume, [1.0] * 3, {2: prompt}, None)
+    assert sum(encoded) == 4  # slices 1..4
+    prompt.fg.append((3, 12, 12))
+    method.segment_interactive(volume, [1.0] * 3, {2: prompt}, first)
+    assert sum(encoded) == 4  # slice 3 was encoded already
+    prompt.bg.append((0, 2, 2))
+    method.segment_interactive(volume, [1.0] * 3, {2: prompt}, first)
+    assert sum(encoded) == 5  # slice 0 is new
