@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     """Measure every method and print the markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny networks (smoke test)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     rows = []
     n = len(CLASSES)
-    for method in METHODS:
+    for method in args.methods:
         out = run_isolated(__file__, ["--worker", method, *(["--quick"] if args.quick else [])])
         steps = out["steps"]
         per_class = [s / n for s in steps]

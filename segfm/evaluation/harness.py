@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -224,6 +224,28 @@ class ProtocolHarness:
         self._keep_picture(score, case_id, image, result["seg"], label)
         return float(score)
 
+    def merge(self, gather: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+        """Pool the results of every process (DDP) before :meth:`finish`.
+
+        Args:
+            gather: Returns the rows of every process for this process's rows (every process
+                calls it the same number of times), e.g. ``BaseTask.gather_rows``.
+        """
+        for table in (self.cases, self.classes, self.steps):
+            table.rows = gather(table.rows)
+        self.unscored = [str(r["case"]) for r in gather([{"case": c} for c in self.unscored])]
+        pictures = [r["picture"] for r in gather([{"picture": p} for p in self._pictures])]
+        self._pictures = []
+        for picture in pictures:
+            self._add_picture(picture)
+
+    def _add_picture(self, picture: tuple[float, str, np.ndarray]) -> None:
+        """Keep ``picture`` if it is the worst or the best so far."""
+        self._pictures.append(picture)
+        self._pictures.sort(key=lambda p: p[0])
+        if len(self._pictures) > 2:
+            del self._pictures[1:-1]
+
     def _keep_picture(
         self, score: float, case_id: str, image: Tensor, seg: np.ndarray, label: Tensor
     ) -> None:
@@ -234,10 +256,7 @@ class ProtocolHarness:
         z = int((ref > 0).reshape(ref.shape[0], -1).sum(1).argmax())
         picture = overlay(image[z].cpu().numpy(), np.asarray(seg)[z], ref[z])
         name = case_id.replace("/", "_")  # one flat folder of pictures
-        self._pictures.append((score, f"{name}_z{z:03d}", picture))
-        self._pictures.sort(key=lambda p: p[0])
-        if len(self._pictures) > 2:
-            del self._pictures[1:-1]  # the worst and the best
+        self._add_picture((score, f"{name}_z{z:03d}", picture))
 
     # -------------------------------------------------------------- epoch end
     def finish(self, loggers: Iterable[Any] = (), step: int = 0) -> dict[str, Path]:

@@ -276,16 +276,7 @@ class BaseTask(pl.LightningModule, ABC):
         if self.protocol == "native":
             self.on_native_test_epoch_end()
             return
-        harness = self._harness
-        for table in (harness.cases, harness.classes, harness.steps):
-            table.rows = self.gather_rows(table.rows)
-        harness.unscored = [
-            str(r["case"]) for r in self.gather_rows([{"case": c} for c in harness.unscored])
-        ]
-        pictures = self.gather_rows([{"p": p} for p in harness._pictures])
-        harness._pictures = sorted((r["p"] for r in pictures), key=lambda p: p[0])
-        if len(harness._pictures) > 2:
-            del harness._pictures[1:-1]
+        self._harness.merge(self.gather_rows)
         if self.trainer.is_global_zero:
             self._finish_protocol()
 

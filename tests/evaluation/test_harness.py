@@ -111,3 +111,29 @@ def test_cases_without_masks_are_skipped_with_a_warning(tmp_path: Path) -> None:
 def test_unknown_protocol() -> None:
     with pytest.raises(ValueError, match="unknown protocol"):
         ProtocolHarness("zoom", ".")  # type: ignore[arg-type]
+
+
+def test_merge_pools_every_process(tmp_path: Path) -> None:
+    ours, theirs = ProtocolHarness("text", tmp_path), ProtocolHarness("text", tmp_path)
+
+    def perfect(image, spacing, prompts):
+        return image.long()
+
+    def nothing(image, spacing, prompts):
+        return torch.zeros(image.shape, dtype=torch.long)
+
+    ours.run_batch(_batch("a", _label(0)), perfect)
+    theirs.run_batch(_batch("b", _label(0)), nothing)
+    other_rank = iter([theirs.cases.rows, theirs.classes.rows, theirs.steps.rows, [], []])
+    other_rank_pictures = [{"picture": p} for p in theirs._pictures]
+
+    def gather(rows):  # what all_gather_object gives with two processes
+        extra = next(other_rank)
+        if rows and "picture" in rows[0]:
+            extra = other_rank_pictures
+        return rows + extra
+
+    ours.merge(gather)
+    assert [r["case"] for r in ours.cases.rows] == ["a", "b"]
+    files = ours.finish()
+    assert "b" in files["overlay_worst"].name and "a" in files["overlay_best"].name
