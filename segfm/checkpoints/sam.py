@@ -148,13 +148,30 @@ def save_official(
     Raises:
         CheckpointError: If no SAM weights are found or the file cannot be written.
     """
+    flat, _ = official_weights(model_or_state_dict)
+    return save_file(flat, path)
+
+
+def official_weights(
+    model_or_state_dict: nn.Module | Mapping[str, Any],
+) -> tuple[dict[str, Tensor], str]:
+    """The flat official state dict of a network or checkpoint, as plain CPU tensors.
+
+    Args:
+        model_or_state_dict: A network, a module holding one, or a state dict in any form
+            :func:`unwrap_state_dict` reads.
+
+    Returns:
+        ``{official key: tensor}`` (each tensor owning exactly its data) and a name of the
+        origin for error messages.
+    """
     if isinstance(model_or_state_dict, nn.Module):
         state_dict: Any = model_or_state_dict.state_dict()
         source = type(model_or_state_dict).__name__
     else:
         state_dict, source = model_or_state_dict, "state dict"
     flat = unwrap_state_dict(state_dict, source=source)
-    return save_file({k: plain_tensor(v) for k, v in flat.items()}, path)
+    return {k: plain_tensor(v) for k, v in flat.items()}, source
 
 
 def load_into(

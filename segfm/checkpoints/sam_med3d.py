@@ -32,7 +32,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from segfm.checkpoints.io import load_file, save_file
-from segfm.checkpoints.sam import load_into, plain_tensor, unwrap_state_dict
+from segfm.checkpoints.sam import load_into, official_weights, unwrap_state_dict
 from segfm.errors import CheckpointError
 
 __all__ = ["PATCH_KEY", "load_into", "load_official", "save_official"]
@@ -106,13 +106,7 @@ def save_official(
     if epoch < 0:
         msg = f"epoch must be >= 0, got {epoch}"
         raise ValueError(msg)
-    if isinstance(model_or_state_dict, nn.Module):
-        state_dict: Any = model_or_state_dict.state_dict()
-        source = type(model_or_state_dict).__name__
-    else:
-        state_dict, source = model_or_state_dict, "state dict"
-    flat = unwrap_state_dict(state_dict, source=source)
-    _check_3d(flat, source)
-    weights = {k: plain_tensor(v) for k, v in flat.items()}
+    weights, source = official_weights(model_or_state_dict)
+    _check_3d(weights, source)
     payload = {"epoch": int(epoch), "model_state_dict": weights}
     return save_file(payload, path)
