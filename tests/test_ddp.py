@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from segfm.data import NpySliceDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,3 +116,72 @@ def test_ddp_interactive_protocol_scores_each_case_once(npz_root, tmp_path):
     assert len(cases) == len(set(cases)) == len(masks)
     predictions = sorted(p.name for p in (out / "predictions").glob("*.npz"))
     assert predictions == sorted(p.name for p in npz_root.rglob("test_mask/*.npz"))
+
+
+def test_ddp_fit_resumed_in_the_middle_of_an_epoch_equals_uninterrupted(nnunet_root, tmp_path):
+    """Two processes, random crops and flips drawn in a loader worker each, cut after a batch."""
+    from tests.test_resume import _assert_same
+
+    def fit(version: str, *extra: str) -> Path:
+        _segfm(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "tests" / "conf" / "sam_med3d_nnunet.yaml"),
+                "--data.init_args.root",
+                str(nnunet_root),
+                "--data.init_args.cache_dir",
+                str(tmp_path / "cache"),
+                "--data.init_args.num_workers",
+                "1",
+                "--data.init_args.batch_size",
+                "1",
+                "--trainer.strategy",
+                "ddp_find_unused_parameters_true",
+                "--trainer.accelerator",
+                "cpu",
+                "--trainer.devices",
+                "2",
+                "--trainer.max_epochs",
+                "2",
+                "--trainer.limit_val_batches",
+                "1",
+                "--trainer.num_sanity_val_steps",
+                "0",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.logger.init_args.save_dir",
+                str(tmp_path),
+                "--trainer.logger.init_args.version",
+                version,
+                *extra,
+            ],
+            tmp_path,
+        )
+        ckpts = (tmp_path / "lightning_logs" / version / "checkpoints").glob("*.ckpt")
+        return max(ckpts, key=lambda p: p.stat().st_mtime_ns)
+
+    full = torch.load(fit("full"), weights_only=True)
+    per_epoch = full["global_step"] // 2
+    assert per_epoch > 1, "the cut must fall inside an epoch"
+    cut = per_epoch + 1  # after the first batch of the second epoch
+    first = fit(
+        "cut",
+        "--trainer.max_steps",
+        str(cut),
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={tmp_path / 'lightning_logs' / 'cut' / 'checkpoints'}",
+        "--trainer.callbacks.filename={step}",
+        "--trainer.callbacks.every_n_train_steps=1",
+        "--trainer.callbacks.save_top_k=-1",
+    )
+    state = torch.load(first, weights_only=True)
+    assert state["global_step"] == cut
+    assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
+        {"epoch": 1, "seed": 0, "batches": 1}
+    ]
+    assert len(state["random_states"]) == 2  # both processes' generators
+    resumed = torch.load(fit("resumed", "--ckpt_path", str(first)), weights_only=True)
+    assert resumed["global_step"] == full["global_step"]
+    _assert_same(full["state_dict"], resumed["state_dict"], "state_dict")
+    _assert_same(full["optimizer_states"], resumed["optimizer_states"], "optimizer_states")

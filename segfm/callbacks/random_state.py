@@ -47,12 +47,12 @@ class RandomStateCheckpoint(Callback):
     """Save every process's random generators in each checkpoint; restore them on resume.
 
     Lightning restores weights, optimisers, schedulers and loop counters but not the global
-    generators, which draw the prompts, the augmentations in the main process and the order of a
-    plain shuffling loader (it seeds its sampler from torch's generator each epoch; segfm's
-    single-process training loader, :class:`~segfm.data.loaders.ResumableDataLoader`, draws
-    its order from the seed and the epoch instead and keeps its place in the checkpoint); a
-    resumed fit would then draw differently from the uninterrupted one. A resume with another
-    number of processes keeps the fresh generators (with a warning).
+    generators, which draw the prompts and box jitter of the methods; a resumed fit would then
+    draw differently from the uninterrupted one. (segfm's training loader,
+    :class:`~segfm.data.loaders.ResumableDataLoader`, draws its order and each sample's
+    augmentation from the seed, the epoch and the sample instead, and keeps its place in the
+    checkpoint.) A resume with another number of processes keeps the fresh generators (with a
+    warning).
     """
 
     def on_save_checkpoint(

@@ -49,11 +49,10 @@ class BaseDataModule(LightningDataModule):
     def _dataloader(self, split: str) -> DataLoader[Sample]:
         """A loader over one split (shuffled for ``train``).
 
-        In a single process the training loader is a :class:`ResumableDataLoader`: its order is
-        drawn from the seed and the epoch, and a fit resumed from a checkpoint written in the
-        middle of an epoch continues that epoch where it stopped. With several processes
-        Lightning puts its distributed sampler in a plain shuffling loader, which restarts an
-        interrupted epoch.
+        The training loader is a :class:`ResumableDataLoader`: its order is drawn from the seed
+        and the epoch (each process its share under DDP), each sample's random draws from the
+        seed, the epoch and the sample, and a fit resumed from a checkpoint written in the middle
+        of an epoch continues that epoch where it stopped, on one process or many.
         """
         if split not in self.datasets:
             msg = (
@@ -63,22 +62,25 @@ class BaseDataModule(LightningDataModule):
             raise ConfigError(msg)
         sampler: Sampler[int] | None = None
         trainer = self.trainer
-        if split in ("test", "predict") and trainer is not None and trainer.world_size > 1:
+        world_size = 1 if trainer is None else trainer.world_size
+        if split in ("test", "predict") and trainer is not None and world_size > 1:
             # every case once: Lightning's own test sampler pads the ranks with repeated cases
             sampler = UnrepeatedDistributedSampler(
                 self.datasets[split],  # type: ignore[arg-type]
-                num_replicas=trainer.world_size,
+                num_replicas=world_size,
                 rank=trainer.global_rank,
                 shuffle=False,
             )
         batch_size = 1 if split in self.one_sample_splits else self.batch_size
-        if split == "train" and (trainer is None or trainer.world_size == 1):
+        if split == "train":
             return ResumableDataLoader(
                 self.datasets[split],
                 batch_size=batch_size,
                 num_workers=self.num_workers,
                 collate_fn=collate,
                 persistent_workers=self.num_workers > 0,
+                num_replicas=world_size,
+                rank=0 if trainer is None else trainer.global_rank,
             )
         return DataLoader(
             self.datasets[split],

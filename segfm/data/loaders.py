@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator, Sized
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 T = TypeVar("T")
 
@@ -20,21 +22,43 @@ def global_seed() -> int:
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(DistributedSampler):
     """Every index once per epoch, in an order drawn from ``seed + epoch`` alone.
 
     The order does not depend on the global generators, so an epoch can be replayed from its
-    number; :meth:`skip` drops the first indices of the next pass (a resumed epoch).
+    number; :meth:`skip` drops the first indices of the next pass (a resumed epoch). With
+    several processes each rank takes every ``num_replicas``-th index of the order, the order
+    padded with its first indices to a multiple of ``num_replicas`` (as PyTorch's
+    :class:`~torch.utils.data.DistributedSampler`, which this class is, so Lightning leaves it
+    in place instead of injecting its own).
+
+    The sampler yields ``(index, epoch)`` keys, which :class:`SeededDataset` turns into the
+    sample's own random generators.
 
     Args:
         data_source: The dataset (only its length is used).
         seed: Base seed of the orders.
+        num_replicas: Number of processes sharing the epoch.
+        rank: This process's rank.
     """
 
-    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+    def __init__(
+        self, data_source: Sized, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            msg = f"rank {rank} of {num_replicas} processes is not a valid place"
+            raise ValueError(msg)
+        # DistributedSampler's own __init__ would ask the process group; set its fields here
+        self.dataset = data_source
         self.data_source = data_source
         self.seed = seed
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.shuffle = True
+        self.drop_last = False
         self.epoch = 0
+        self.num_samples = -(-len(data_source) // num_replicas)
+        self.total_size = self.num_samples * num_replicas
         self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -42,25 +66,78 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = epoch
 
     def skip(self, count: int) -> None:
-        """Drop the first ``count`` indices of the next pass only."""
+        """Drop the first ``count`` indices (of this rank) of the next pass only."""
         self._skip = count
 
     def order(self) -> list[int]:
-        """The whole order of the current epoch."""
+        """This rank's whole order of the current epoch."""
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        return torch.randperm(len(self.data_source), generator=generator).tolist()
+        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        if not order:
+            return []
+        while len(order) < self.total_size:
+            order += order[: self.total_size - len(order)]
+        return order[self.rank : self.total_size : self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0
-        return iter(self.order()[skip:])
+        epoch = self.epoch
+        return iter([(index, epoch) for index in self.order()[skip:]])
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return self.num_samples
 
 
-class _EpochCounting(Sampler[int]):
-    """Another sampler, whose epochs (``set_epoch``) also reach an :class:`EpochShuffleSampler`."""
+class SeededDataset(Dataset[T]):
+    """A dataset whose random draws for a sample depend on the sample alone.
+
+    ``dataset[(index, epoch)]`` loads ``index`` with Python's, numpy's and torch's global
+    generators seeded from ``(seed, epoch, index)`` and restored afterwards. Random crops and
+    augmentations then come out the same whichever process loads the sample and whatever it
+    loaded before: in loader workers, in the main process, and in a fit resumed in the middle
+    of an epoch. Plain integer indices pass through unseeded.
+
+    Args:
+        dataset: A map-style dataset.
+        seed: Base seed of the samples' generators.
+    """
+
+    def __init__(self, dataset: Dataset[T], seed: int = 0) -> None:
+        self.dataset = dataset
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        # the wrapped dataset's attributes (paths, cases) stay reachable through the loader
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: Any) -> T:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, epoch = key
+        entropy = [self.seed, epoch, index]
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+            np.random.seed(np.random.SeedSequence([*entropy, 1]).generate_state(4))
+            random.seed(int(np.random.SeedSequence([*entropy, 2]).generate_state(1)[0]))
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
+
+
+class _EpochCounting(Sampler[Any]):
+    """Another sampler, whose epochs (``set_epoch``) also reach an :class:`EpochShuffleSampler`.
+
+    Its indices become ``(index, epoch)`` keys of :class:`SeededDataset`.
+    """
 
     def __init__(self, sampler: Sampler[int], epochs: EpochShuffleSampler) -> None:
         self.sampler = sampler
@@ -73,8 +150,9 @@ class _EpochCounting(Sampler[int]):
         if callable(set_epoch):
             set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.sampler)
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.epochs.epoch
+        return ((index, epoch) for index in self.sampler)
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]
@@ -88,8 +166,9 @@ class ResumableDataLoader(DataLoader[T]):
     again. The state is the epoch, the seed and the number of batches this loader handed out in
     that epoch; a loaded state makes the next pass of the same epoch skip those batches, by
     index, without loading their samples. The order of an epoch comes from
-    :class:`EpochShuffleSampler`, and worker seeds from a generator of the loader's own, so no
-    global generator is drawn.
+    :class:`EpochShuffleSampler` (each rank its share under DDP), and the random draws of each
+    sample (crops, flips) from :class:`SeededDataset`, so no global generator is drawn and a
+    resumed epoch loads the same samples as the interrupted one, in workers or not.
 
     Iteration starts at the first ``next()``, not at ``iter()``: Lightning creates the iterator
     of a resumed fit before it sets the epoch, and a checkpoint written at the end of an epoch
@@ -105,6 +184,8 @@ class ResumableDataLoader(DataLoader[T]):
         sampler: Leave out for the loader's own :class:`EpochShuffleSampler`. Lightning passes
             one when it rebuilds the loader (``overfit_batches``); a resumed pass over it skips by
             loading the trained batches.
+        num_replicas: Processes sharing each epoch (the DDP world size).
+        rank: This process's rank.
         **kwargs: Other :class:`~torch.utils.data.DataLoader` arguments, without ``shuffle``,
             ``batch_sampler`` or ``generator``.
     """
@@ -114,6 +195,8 @@ class ResumableDataLoader(DataLoader[T]):
         dataset: Any,
         seed: int | None = None,
         sampler: Sampler[int] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
         **kwargs: Any,
     ) -> None:
         names = ("shuffle", "batch_sampler", "generator")
@@ -123,7 +206,11 @@ class ResumableDataLoader(DataLoader[T]):
             raise ValueError(msg)
         for name in names:
             kwargs.pop(name, None)
-        self.epoch_sampler = EpochShuffleSampler(dataset, global_seed() if seed is None else seed)
+        seed = global_seed() if seed is None else seed
+        if not isinstance(dataset, SeededDataset):  # Lightning rebuilds from loader.dataset
+            dataset = SeededDataset(dataset, seed)
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch_sampler = EpochShuffleSampler(dataset, seed, num_replicas, rank)
         if sampler is not None:
             sampler = _EpochCounting(sampler, self.epoch_sampler)
         super().__init__(
@@ -170,5 +257,7 @@ class ResumableDataLoader(DataLoader[T]):
         """Continue the saved epoch after its last handed-out batch on the next pass."""
         sampler = self.epoch_sampler
         sampler.seed = int(state_dict["seed"])
+        if isinstance(self.dataset, SeededDataset):
+            self.dataset.seed = sampler.seed
         sampler.set_epoch(int(state_dict["epoch"]))
         self._resume = (sampler.epoch, int(state_dict["batches"]))

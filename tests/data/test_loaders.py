@@ -120,3 +120,73 @@ def test_a_sampler_of_lightnings_keeps_the_place_by_loading():
     it = iter(fresh)
     fresh.sampler.set_epoch(2)
     assert [batch.tolist() for batch in it] == whole
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """Each sample is its index plus a random draw from the global torch generator."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([float(index), torch.rand(()).item()])
+
+
+def _draws(loader: DataLoader[torch.Tensor], epoch: int) -> dict[int, float]:
+    loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    return {int(i): float(x) for batch in loader for i, x in batch.tolist()}
+
+
+def test_a_samples_random_draws_depend_on_the_sample_not_the_process():
+    main = _draws(ResumableDataLoader(_Noisy(), seed=3, batch_size=BATCH), 1)
+    assert sorted(main) == list(range(N))
+    assert len(set(main.values())) == N  # the draws differ between samples
+    # two workers split the samples between them: the draws stay those of each sample
+    workers = ResumableDataLoader(_Noisy(), seed=3, batch_size=BATCH, num_workers=2)
+    assert _draws(workers, 1) == main
+    # the main process's generator is neither drawn from nor reseeded
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    again = _draws(ResumableDataLoader(_Noisy(), seed=3, batch_size=BATCH), 1)
+    assert again == main
+    assert torch.equal(torch.get_rng_state(), before)
+    other_epoch = _draws(ResumableDataLoader(_Noisy(), seed=3, batch_size=BATCH), 2)
+    assert all(other_epoch[i] != main[i] for i in range(N))
+
+
+def test_a_resumed_epoch_in_workers_draws_as_the_uninterrupted_one():
+    kwargs = {"seed": 3, "batch_size": BATCH, "num_workers": 2, "persistent_workers": True}
+    whole = [batch.tolist() for batch in _epoch_loader(ResumableDataLoader(_Noisy(), **kwargs))]
+    cut = ResumableDataLoader(_Noisy(), **kwargs)
+    cut.sampler.set_epoch(1)
+    it = iter(cut)
+    seen = [next(it).tolist()]
+    fresh = ResumableDataLoader(_Noisy(), **kwargs)
+    fresh.load_state_dict(cut.state_dict())
+    fresh.sampler.set_epoch(1)
+    assert seen + [batch.tolist() for batch in fresh] == whole
+
+
+def _epoch_loader(loader: ResumableDataLoader[torch.Tensor]) -> ResumableDataLoader[torch.Tensor]:
+    loader.sampler.set_epoch(1)
+    return loader
+
+
+@pytest.mark.parametrize("size", [N, N + 1])
+def test_ranks_share_an_epoch_without_gaps_and_in_equal_parts(size):
+    parts = [EpochShuffleSampler(range(size), seed=4, num_replicas=3, rank=r) for r in range(3)]
+    orders = []
+    for sampler in parts:
+        sampler.set_epoch(2)
+        orders.append([index for index, epoch in sampler])
+        assert all(epoch == 2 for _, epoch in sampler)
+    assert len({len(o) for o in orders}) == 1 == len({len(p) for p in parts})
+    assert len(orders[0]) == len(parts[0]) == -(-size // 3)
+    assert set().union(*map(set, orders)) == set(range(size))
+    whole = EpochShuffleSampler(range(size), seed=4)
+    whole.set_epoch(2)
+    # the ranks interleave the single-process order
+    assert [i for i, _ in whole] == [orders[k % 3][k // 3] for k in range(size)]
+    assert isinstance(parts[0], torch.utils.data.DistributedSampler)  # Lightning keeps it
+    with pytest.raises(ValueError, match="rank 3 of 3"):
+        EpochShuffleSampler(range(size), num_replicas=3, rank=3)
