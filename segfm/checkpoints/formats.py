@@ -35,6 +35,11 @@ class OfficialFormat:
 FORMATS: dict[str, OfficialFormat] = {
     "sam": OfficialFormat("sam", "segfm.checkpoints.sam"),
     "sam_med3d": OfficialFormat("sam_med3d", "segfm.checkpoints.sam_med3d"),
+    "segvol": OfficialFormat("segvol", "segfm.checkpoints.segvol"),
+    "biomedparse": OfficialFormat("biomedparse", "segfm.checkpoints.biomedparse"),
+    "anatomical_embedding": OfficialFormat(
+        "anatomical_embedding", "segfm.checkpoints.anatomical_embedding"
+    ),
 }
 
 

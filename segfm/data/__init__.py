@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from segfm.data.base import BaseDataModule
+    from segfm.data.biomedparse import BiomedParseDataModule
     from segfm.data.class_folders import ClassFolderDataModule
+    from segfm.data.embedding_pairs import EmbeddingPairDataModule
+    from segfm.data.m3d_seg import M3DSegDataModule
     from segfm.data.nnunet import NnUNetDataModule
     from segfm.data.npy_slices import NpySliceDataModule
     from segfm.data.npz import NpzDataModule
@@ -19,7 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BaseDataModule",
+    "BiomedParseDataModule",
     "ClassFolderDataModule",
+    "EmbeddingPairDataModule",
+    "M3DSegDataModule",
     "NnUNetDataModule",
     "NpySliceDataModule",
     "NpzDataModule",
@@ -28,7 +34,10 @@ __all__ = [
 
 _MODULES = {
     "BaseDataModule": "segfm.data.base",
+    "BiomedParseDataModule": "segfm.data.biomedparse",
     "ClassFolderDataModule": "segfm.data.class_folders",
+    "EmbeddingPairDataModule": "segfm.data.embedding_pairs",
+    "M3DSegDataModule": "segfm.data.m3d_seg",
     "NnUNetDataModule": "segfm.data.nnunet",
     "NpySliceDataModule": "segfm.data.npy_slices",
     "NpzDataModule": "segfm.data.npz",

@@ -186,6 +186,9 @@ class ResumableDataLoader(DataLoader[T]):
             loading the trained batches.
         num_replicas: Processes sharing each epoch (the DDP world size).
         rank: This process's rank.
+        order: The sampler deciding each epoch's order, instead of a plain
+            :class:`EpochShuffleSampler` over ``dataset`` (its own ``num_replicas`` and ``rank``
+            then apply).
         **kwargs: Other :class:`~torch.utils.data.DataLoader` arguments, without ``shuffle``,
             ``batch_sampler`` or ``generator``.
     """
@@ -197,6 +200,7 @@ class ResumableDataLoader(DataLoader[T]):
         sampler: Sampler[int] | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        order: EpochShuffleSampler | None = None,
         **kwargs: Any,
     ) -> None:
         names = ("shuffle", "batch_sampler", "generator")
@@ -209,8 +213,10 @@ class ResumableDataLoader(DataLoader[T]):
         seed = global_seed() if seed is None else seed
         if not isinstance(dataset, SeededDataset):  # Lightning rebuilds from loader.dataset
             dataset = SeededDataset(dataset, seed)
-        self.num_replicas, self.rank = num_replicas, rank
-        self.epoch_sampler = EpochShuffleSampler(dataset, seed, num_replicas, rank)
+        if order is None:
+            order = EpochShuffleSampler(dataset, seed, num_replicas, rank)
+        self.num_replicas, self.rank, self.order = order.num_replicas, order.rank, order
+        self.epoch_sampler = order
         if sampler is not None:
             sampler = _EpochCounting(sampler, self.epoch_sampler)
         super().__init__(

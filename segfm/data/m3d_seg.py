@@ -1,0 +1,394 @@
+"""Data module of SegVol's M3D-Seg layout (:mod:`segfm.data.io.m3d_seg`), pseudo masks included."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence, Sized
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    OneOf,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Resized,
+    SpatialPadd,
+)
+from torch.utils.data import DataLoader, Dataset
+
+from segfm.data.base import BaseDataModule
+from segfm.data.io.m3d_seg import (
+    M3DCase,
+    check_case,
+    cleanse_pseudo_mask,
+    read_dataset,
+    read_image,
+    read_label,
+    read_pseudo_mask,
+    resize_nearest,
+)
+from segfm.data.loaders import EpochShuffleSampler, ResumableDataLoader, global_seed
+from segfm.data.sample import ClassInfo, Sample, collate
+from segfm.data.splits import split_cases
+from segfm.errors import ConfigError, DataError
+
+
+def min_max(image: np.ndarray) -> np.ndarray:
+    """SegVol's ``MinMaxNormalization``: shift to 0 and divide by the maximum (at least 1e-8)."""
+    image = image - image.min()
+    return (image / max(float(image.max()), 1e-8)).astype(np.float32)
+
+
+def training_transform(
+    spatial_size: Sequence[int], pseudo: bool, flip_prob: float, intensity_prob: float
+) -> Compose:
+    """SegVol's training augmentation after ``MinMaxNormalization``, on ``[1, D, H, W]`` arrays.
+
+    Foreground crop (image > 0), padding to ``spatial_size`` (0; -1 for ``pseudo_label``), then
+    either a resize to ``spatial_size`` or a random crop centred on the label's foreground with
+    probability 2/3 (one or the other at even odds), flips per axis, intensity scale and shift,
+    and a final resize. Labels are resized by nearest neighbour; SegVol resizes them with
+    ``area`` interpolation, which blends class ids into values of no class.
+    """
+    keys = ["image", "label", "pseudo_label"] if pseudo else ["image", "label"]
+    modes = ["area"] + ["nearest-exact"] * (len(keys) - 1)
+    size = tuple(spatial_size)
+    pads = [SpatialPadd(["image", "label"], size)]
+    if pseudo:
+        pads.append(SpatialPadd(["pseudo_label"], size, value=-1))
+    return Compose(
+        [
+            CropForegroundd(keys, source_key="image"),
+            *pads,
+            OneOf(
+                [
+                    Resized(keys, size, mode=modes),
+                    RandCropByPosNegLabeld(
+                        keys, "label", size, pos=2, neg=1, image_key="image", image_threshold=0
+                    ),
+                ],
+                weights=[1, 1],
+            ),
+            *[RandFlipd(keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],
+            RandScaleIntensityd("image", factors=0.1, prob=intensity_prob),
+            RandShiftIntensityd("image", offsets=0.1, prob=intensity_prob),
+            Resized(keys, size, mode=modes),
+        ]
+    )
+
+
+def _spacing(case: M3DCase) -> np.ndarray:
+    """Voxel size ``(z, y, x)`` in mm from the case's affine; 1 mm without one."""
+    if case.affine is None:
+        return np.ones(3)
+    return np.linalg.norm(case.affine[:3, :3], axis=0)[::-1].copy()
+
+
+class M3DSegDataset(Dataset[Sample]):
+    """The cases of one or more M3D-Seg datasets as samples (see :class:`M3DSegDataModule`).
+
+    Args:
+        cases: The cases, grouped by dataset code (the sampler batches within a group).
+        classes: Dataset code to its classes.
+        transform: Training augmentation (:func:`training_transform`); ``None`` gives whole
+            volumes.
+        pseudo: Add ``pseudo_label`` (training only).
+    """
+
+    def __init__(
+        self,
+        cases: list[M3DCase],
+        classes: dict[str, dict[int, ClassInfo]],
+        transform: Compose | None = None,
+        pseudo: bool = False,
+    ) -> None:
+        self.cases, self.classes, self.transform, self.pseudo = cases, classes, transform, pseudo
+        codes = list(dict.fromkeys(case.code for case in cases))
+        self.groups = [[i for i, c in enumerate(cases) if c.code == code] for code in codes]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _meta(self, case: M3DCase, shape: tuple[int, ...]) -> dict[str, Any]:
+        return {
+            "case_id": case.case_id,
+            "dataset": case.code,
+            "source": str(case.image),
+            "label_source": str(case.mask),
+            "original_shape": shape[::-1],  # (X, Y, Z) of image.npy
+            "transpose": (2, 1, 0),  # sample axes (D, H, W) = stored axes (Z, Y, X)
+            "affine": case.affine,
+            "instance": False,
+        }
+
+    def _pseudo(self, case: M3DCase, shape: tuple[int, ...]) -> np.ndarray:
+        if not case.pseudo_mask.is_file():
+            return np.full(shape, -1, dtype=np.int64)
+        return resize_nearest(read_pseudo_mask(case.pseudo_mask), shape)
+
+    def __getitem__(self, index: int) -> Sample:
+        """One sample; see :class:`M3DSegDataModule` for its keys."""
+        case = self.cases[index]
+        image, label = read_image(case.image), read_label(case.mask)
+        if image.shape != label.shape:
+            msg = (
+                f"{case.image} is {image.shape} (Z, Y, X) but {case.mask} {label.shape}; "
+                "rebuild the case with python -m data_tools.build_dataset"
+            )
+            raise DataError(msg)
+        spacing = _spacing(case)
+        sample: Sample = {"classes": self.classes[case.code], "meta": self._meta(case, image.shape)}
+        if self.transform is None:
+            sample["image"] = torch.from_numpy(min_max(image))[None]
+            sample["label"] = torch.from_numpy(label)[None]
+            sample["spacing"] = torch.from_numpy(spacing).float()
+            return sample
+        affine = torch.diag(torch.tensor([*spacing.tolist(), 1.0], dtype=torch.float64))
+        data: dict[str, Any] = {
+            "image": MetaTensor(torch.from_numpy(min_max(image))[None], affine=affine),
+            "label": torch.from_numpy(label)[None],
+        }
+        if self.pseudo:
+            data["pseudo_label"] = torch.from_numpy(self._pseudo(case, image.shape))[None]
+        # MONAI draws from per-transform generators: reseed them from torch's, which the loader
+        # seeds per sample and epoch (SeededDataset), so workers differ and epochs replay
+        self.transform.set_random_state(int(torch.randint(2**31, ())))
+        out = self.transform(data)
+        out = out[0] if isinstance(out, list) else out
+        sample["image"] = out["image"].as_tensor().float()
+        sample["label"] = torch.as_tensor(out["label"]).round().long()
+        sample["spacing"] = torch.linalg.norm(out["image"].affine[:3, :3], dim=0).float()
+        if self.pseudo:
+            pseudo = torch.as_tensor(out["pseudo_label"]).round().long()
+            sample["pseudo_label"] = torch.from_numpy(cleanse_pseudo_mask(pseudo[0].numpy()))[None]
+        return sample
+
+
+class DatasetBatchSampler(EpochShuffleSampler):
+    """Batches drawn from one dataset code each, shuffled within and across codes per epoch.
+
+    The indices come out batch by batch, so a loader with the same ``batch_size`` cuts them into
+    single-dataset batches (SegVol's ``BatchedDistributedSampler``). Unlike the original, no case
+    is dropped: a code's last batch is filled with repeats of its own cases, and the batches are
+    repeated until every replica gets as many (the original gave the last rank the remainder,
+    which stalls DDP). Replica ``r`` takes batches ``r, r + R, ...`` of the epoch's order, drawn
+    from ``seed + epoch``. Being an :class:`~segfm.data.loaders.EpochShuffleSampler`, it drives a
+    :class:`~segfm.data.loaders.ResumableDataLoader` (resumed mid-epoch, per-sample seeded
+    augmentation) and Lightning keeps it under DDP.
+
+    Args:
+        dataset: The dataset (only its length is used).
+        groups: Dataset indices of each code.
+        batch_size: Samples per batch.
+        num_replicas: Processes (``trainer.world_size``).
+        rank: This process (``trainer.global_rank``).
+        shuffle: Shuffle within and across codes.
+        seed: Base seed of the orders.
+    """
+
+    def __init__(
+        self,
+        dataset: Sized,
+        groups: Sequence[Sequence[int]],
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(dataset, seed=seed, num_replicas=num_replicas, rank=rank)
+        if batch_size < 1:
+            msg = f"batch_size must be >= 1, got {batch_size}"
+            raise ValueError(msg)
+        self.shuffle = shuffle
+        self.groups = [list(group) for group in groups if len(group)]
+        self.batch_size = batch_size
+        batches = sum(math.ceil(len(group) / batch_size) for group in self.groups)
+        self.batches_per_replica = math.ceil(batches / num_replicas)
+        self.num_samples = self.batches_per_replica * batch_size
+        self.total_size = self.num_samples * num_replicas
+
+    def batches(self) -> list[list[int]]:
+        """All batches of the current epoch, before the split over replicas."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        batches = []
+        for group in self.groups:
+            if self.shuffle:
+                group = [group[i] for i in torch.randperm(len(group), generator=generator)]
+            filled = group * math.ceil(self.batch_size / len(group)) if group else group
+            padded = group + filled[: -len(group) % self.batch_size]
+            batches += [
+                padded[i : i + self.batch_size] for i in range(0, len(padded), self.batch_size)
+            ]
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        total = self.batches_per_replica * self.num_replicas
+        return (batches * math.ceil(total / max(len(batches), 1)))[:total]
+
+    def order(self) -> list[int]:
+        """This rank's indices of the current epoch, batch after batch."""
+        mine = self.batches()[self.rank :: self.num_replicas]
+        return [i for batch in mine for i in batch]
+
+
+class M3DSegDataModule(BaseDataModule):
+    """SegVol's M3D-Seg datasets side by side, each training batch from one dataset code.
+
+    The root holds ``<code>/<code>.json`` and the cases (:mod:`segfm.data.io.m3d_seg`, written by
+    ``data_tools.build_dataset``). Training cases are the json's ``train`` lists, less
+    ``val_ratio`` of each code for validation; test and predict take the ``test`` lists.
+
+    Training samples: ``image`` float32 [1, *spatial_size] (the stored z-score min-max scaled
+    to [0, 1] over the volume, then :func:`training_transform`), ``label`` int64 with the json's
+    class ids, and, with ``use_pseudo_masks``, ``pseudo_label`` int64 (-1 = ignore): the case's
+    ``pseudo_mask.npy`` resized to the image grid by nearest neighbour, transformed with the
+    label, then cleansed (:func:`~segfm.data.io.m3d_seg.cleanse_pseudo_mask`). A case without
+    ``pseudo_mask.npy`` gives an all -1 ``pseudo_label`` (no self-supervised signal), so batches
+    keep one set of keys; ``setup`` warns how many cases lack it. Batches come from
+    :class:`DatasetBatchSampler` through a resumable loader.
+
+    Validation, test and predict samples (one per batch): the whole volume, ``image`` min-max
+    scaled, ``label`` [1, Z, Y, X] of the stored (X, Y, Z) arrays transposed.
+
+    All samples: ``classes`` {id: ClassInfo(name, (name,))} from the json's ``labels``;
+    ``spacing`` float32 (z, y, x) mm from the json entry's ``affine`` (written by
+    ``data_tools.build_dataset``), else 1 mm (the downloaded M3D-Seg stores no voxel size), scaled
+    by the training resize; ``meta`` {case_id ``<code>/<case>``, dataset (the code), source
+    (``image.npy``), label_source (mask file), original_shape (X, Y, Z) as stored, transpose
+    (2, 1, 0) from stored to sample axes, affine (of the stored axes, or None), instance False}.
+
+    Args:
+        root: The M3D-Seg root.
+        dataset_codes: Codes (folder names) of the datasets to use, e.g. ``["0000", "0001"]``.
+        batch_size: Training samples per batch.
+        num_workers: Loader processes.
+        spatial_size: ``(D, H, W)`` of the training samples.
+        use_pseudo_masks: Add ``pseudo_label`` to training samples.
+        val_ratio: Share of each code's training cases held out for validation (0: none).
+        split_seed: Seed of that split.
+        flip_prob: Probability of a flip, per axis.
+        intensity_prob: Probability of the intensity scale, and of the shift.
+    """
+
+    one_sample_splits = ("val", "test", "predict")
+
+    def __init__(
+        self,
+        root: str,
+        dataset_codes: list[str],
+        batch_size: int = 4,
+        num_workers: int = 2,
+        spatial_size: tuple[int, int, int] = (32, 256, 256),
+        use_pseudo_masks: bool = True,
+        val_ratio: float = 0.0,
+        split_seed: int = 0,
+        flip_prob: float = 0.2,
+        intensity_prob: float = 0.1,
+    ) -> None:
+        super().__init__(root, batch_size, num_workers)
+        checks = {
+            "dataset_codes": (dataset_codes, len(dataset_codes) > 0),
+            "spatial_size": (spatial_size, len(spatial_size) == 3 and min(spatial_size) >= 1),
+            "val_ratio": (val_ratio, 0 <= val_ratio < 1),
+            "flip_prob": (flip_prob, 0 <= flip_prob <= 1),
+            "intensity_prob": (intensity_prob, 0 <= intensity_prob <= 1),
+        }
+        for name, (value, ok) in checks.items():
+            if not ok:
+                msg = f"invalid {name}: {value!r} (see M3DSegDataModule's documentation)"
+                raise ValueError(msg)
+        self.dataset_codes = list(dict.fromkeys(dataset_codes))
+        self.spatial_size = tuple(spatial_size)
+        self.use_pseudo_masks, self.val_ratio, self.split_seed = (
+            use_pseudo_masks,
+            val_ratio,
+            split_seed,
+        )
+        self.flip_prob, self.intensity_prob = flip_prob, intensity_prob
+
+    def _split(self, cases: list[M3DCase]) -> tuple[list[M3DCase], list[M3DCase]]:
+        """Hold out ``val_ratio`` of one code's training cases."""
+        if self.val_ratio == 0:
+            return cases, []
+        ids = split_cases([c.case_id for c in cases], self.val_ratio, 0.0, self.split_seed)
+        val = set(ids["val"])
+        return [c for c in cases if c.case_id not in val], [c for c in cases if c.case_id in val]
+
+    def setup(self, stage: str) -> None:
+        """Read the jsons, check the cases' files and build the datasets of ``stage``.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test`` or ``predict``.
+
+        Raises:
+            DataError: If a json or case is missing or inconsistent, or a needed split is empty.
+        """
+        datasets = [read_dataset(self.root, code) for code in self.dataset_codes]
+        classes = {
+            d.code: {i: ClassInfo(name, (name,)) for i, name in d.labels.items()} for d in datasets
+        }
+        if stage in ("test", "predict"):
+            cases = [case for d in datasets for case in d.test]
+            splits = {stage: cases}
+        else:
+            held = [self._split(d.train) for d in datasets]
+            splits = {
+                "train": [c for t, _ in held for c in t],
+                "val": [c for _, v in held for c in v],
+            }
+            if stage == "validate":
+                splits = {"val": splits["val"]}
+        for split, cases in splits.items():
+            if not cases and (split != "val" or stage == "validate"):
+                msg = (
+                    f"no {split} case in the datasets {self.dataset_codes} of {self.root}: check "
+                    f"the jsons' {'test' if split in ('test', 'predict') else 'train'} lists"
+                    + (" or raise val_ratio" if split == "val" else "")
+                )
+                raise DataError(msg)
+            for case in cases:
+                check_case(case)
+            if split != "train":
+                self.datasets[split] = M3DSegDataset(cases, classes)
+                continue
+            pseudo = self.use_pseudo_masks
+            missing = sum(not case.pseudo_mask.is_file() for case in cases) if pseudo else 0
+            if missing:
+                warnings.warn(
+                    f"{missing} of {len(cases)} training cases have no pseudo_mask.npy; their "
+                    "pseudo_label is all -1 (ignored): run python -m data_tools.build_pseudo_mask "
+                    "or set use_pseudo_masks: false",
+                    stacklevel=2,
+                )
+            transform = training_transform(
+                self.spatial_size, pseudo, self.flip_prob, self.intensity_prob
+            )
+            self.datasets["train"] = M3DSegDataset(cases, classes, transform, pseudo)
+
+    def train_dataloader(self) -> DataLoader[Sample]:
+        """Single-dataset batches (:class:`DatasetBatchSampler`), resumable mid-epoch."""
+        dataset = self.datasets.get("train")
+        if not isinstance(dataset, M3DSegDataset):
+            msg = "M3DSegDataModule has no 'train' data: run setup('fit') first (the Trainer does)"
+            raise ConfigError(msg)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        sampler = DatasetBatchSampler(
+            dataset, dataset.groups, self.batch_size, replicas, rank, seed=global_seed()
+        )
+        return ResumableDataLoader(
+            dataset,
+            order=sampler,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )

@@ -1,0 +1,368 @@
+"""BiomedParse v2: text-prompted segmentation trained on 2.5D slices, applied to volumes."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+from scipy import ndimage
+from torch import Tensor
+
+from segfm.checkpoints.biomedparse import load_into
+from segfm.data.encoding25d import decode_slices, encode_volume
+from segfm.data.sample import Batch
+from segfm.errors import ConfigError
+from segfm.evaluation.writers import write_prediction
+from segfm.methods.base import BaseTask
+from segfm.models.biomedparse import BiomedParse as Network
+from segfm.models.biomedparse import biomedparse_tiny, biomedparse_v2, load_tokenizer
+
+
+class CharTokenizer:
+    """Bytes as tokens (ids 0-255), 256 = start, 257 = end/padding: a CLIP-shaped stand-in.
+
+    Only for the ``tiny`` network when no ``clip_dir`` is given (tests, demos).
+    """
+
+    vocab_size = 258
+
+    def __call__(self, texts: list[str], max_length: int, **_: Any) -> dict[str, Tensor]:
+        """``input_ids`` and ``attention_mask`` ``[N, max_length]`` like ``CLIPTokenizer``."""
+        ids = torch.full((len(texts), max_length), 257, dtype=torch.int64)
+        mask = torch.zeros_like(ids)
+        for i, text in enumerate(texts):
+            row = [256, *list(text.lower().encode())[: max_length - 2], 257]
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+def edge_target(label: Tensor) -> Tensor:
+    """Edges ``[N, 1, *S]``: 3x3 dilation minus erosion (edges replicated) > 0."""
+    x = F.pad(label.float(), (1, 1, 1, 1), mode="replicate")
+    return ((F.max_pool2d(x, 3, 1) + F.max_pool2d(-x, 3, 1)) > 0).float()
+
+
+def suppress(probs: Tensor, existence: Tensor, threshold: float, iou: float) -> Tensor:
+    """The original's post-processing of one slice's prompts (probabilities zeroed when dropped).
+
+    One prompt: its mask times ``existence > threshold``. Several: prompts with existence below
+    ``threshold`` are dropped, and the rest visited by decreasing existence; one whose mask
+    (``> 0.5``) overlaps a kept one with IoU above ``iou`` is dropped.
+
+    Args:
+        probs: Mask probabilities ``[P, H, W]``.
+        existence: Existence probabilities ``[P]``.
+        threshold: Existence threshold.
+        iou: Largest IoU with a kept mask.
+
+    Returns:
+        ``[P, H, W]``.
+    """
+    keep = existence > threshold
+    if probs.shape[0] > 1:
+        masks = (probs > 0.5).flatten(1).float()
+        inter = masks @ masks.T
+        area = masks.sum(1)
+        ious = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
+        kept: list[int] = []
+        for p in torch.argsort(existence, descending=True, stable=True).tolist():
+            if keep[p] and all(ious[p, k] <= iou for k in kept):
+                kept.append(p)
+        keep = torch.zeros_like(keep)
+        keep[kept] = True
+    return probs * keep[:, None, None]
+
+
+def merge(probs: Tensor, ids: list[int]) -> Tensor:
+    """Label map ``[..., H, W]``: argmax over a 0.5 background and ``probs [P, ..., H, W]``."""
+    background = torch.full_like(probs[:1], 0.5)
+    index = torch.cat([background, probs]).argmax(0)
+    lut = torch.tensor([0, *ids], device=probs.device, dtype=torch.int64)
+    return lut[index]
+
+
+def split_instances(seg: Tensor) -> Tensor:
+    """Give each 6-connected component of the foreground its own id (as cc3d in the evaluator)."""
+    labels, _ = ndimage.label(
+        seg.cpu().numpy() > 0, structure=ndimage.generate_binary_structure(3, 1)
+    )
+    return torch.from_numpy(labels.astype(np.int64)).to(seg.device)
+
+
+class BiomedParse(BaseTask):
+    """BiomedParse v2 (Zhao et al., 2025): text prompts, 2.5D slices, 3D inference.
+
+    Training (``fit``) on 2.5D slices ``[B, 3, S, S]`` (intensities 0-255 after ``image_scale``):
+    per slice ``num_prompts`` (class, random prompt) pairs; for semantic datasets the classes are
+    drawn from all the dataset's classes, so absent ones are negatives; for instance datasets the
+    one class ``num_prompts`` times with every instance merged into the target. Loss as the
+    original's ``BiomedParseLossCLS``, per prompt ``cls_coeff * cls + exist * (seg + edge_coeff
+    * edge)``, averaged: ``cls`` the existence BCE (``pos_weight``), ``exist`` 1 when the target
+    is non-empty, so the segmentation and edge losses count only on present targets; ``seg`` and
+    ``edge`` = sigmoid Dice (squared denominator) + BCE against the mask and against the 3x3
+    morphological gradient of the label, the logits upsampled bicubically to the label.
+
+    Inference (``test`` with the text protocol, ``predict``): the volume is encoded slice by slice
+    (:func:`segfm.data.encoding25d.encode_volume`, inference path), one prompt per class,
+    ``slice_batch_size`` slices at a time; logits upsampled bicubically to the slice size,
+    sigmoid, :func:`suppress` per slice, :func:`merge` with the 0.5 background, decoded back to
+    the volume. Instance datasets: the binary prediction is split into 6-connected instances
+    (the original has no such step). The Boltzmann sampling also runs at inference (as the
+    original), drawn from a generator seeded with ``sampling_seed`` per volume.
+
+    Args:
+        arch: ``v2`` (released network) or ``tiny`` (tests, demos).
+        checkpoint: ``biomedparse_v2.ckpt`` (official layout) or None.
+        clip_dir: Local folder of the CLIP tokenizer (``openai/clip-vit-base-patch32``); the
+            ``tiny`` network falls back to a byte tokenizer when None.
+        image_size: Side of the encoded slices (512 for the released weights).
+        image_scale: Factor bringing the data module's training images to 0-255.
+        num_prompts: Prompts per training slice.
+        cls_coeff: Weight of the existence loss.
+        pos_weight: Positive weight of the existence BCE.
+        edge_coeff: Weight of the edge loss.
+        slice_batch_size: Slices per forward pass at inference.
+        existence_threshold: Existence probability above which a prompt is kept.
+        nms_iou: IoU above which the lower-existence of two prompts is dropped.
+        sampling_seed: Seed of the Boltzmann sampling at validation and inference.
+        save_predictions: Write predictions during test / predict.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        lr_schedule: ``constant`` (the original), ``cosine`` or ``multistep``.
+        output_dir: Folder for outputs (default: the run's log folder).
+        export_official: Write ``biomedparse_v2.ckpt``-layout files beside checkpoints.
+        protocol: ``text`` (default: the CVPR 2025 text protocol) or ``native``/``interactive``
+            (not supported by this method).
+    """
+
+    official_format = "biomedparse"
+
+    def __init__(
+        self,
+        arch: Literal["v2", "tiny"] = "v2",
+        checkpoint: str | None = None,
+        clip_dir: str | None = None,
+        image_size: int = 512,
+        image_scale: float = 1.0,
+        num_prompts: int = 4,
+        cls_coeff: float = 1.0,
+        pos_weight: float = 3.0,
+        edge_coeff: float = 1.0,
+        slice_batch_size: int = 4,
+        existence_threshold: float = 0.5,
+        nms_iou: float = 0.5,
+        sampling_seed: int = 0,
+        save_predictions: bool = True,
+        lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        lr_schedule: Literal["constant", "cosine", "multistep"] = "constant",
+        output_dir: str | None = None,
+        export_official: bool = True,
+        protocol: Literal["native", "interactive", "text"] = "text",
+    ) -> None:
+        checks = {
+            "num_prompts must be >= 1": num_prompts >= 1,
+            "slice_batch_size must be >= 1": slice_batch_size >= 1,
+            "image_size must be a positive multiple of 32": image_size > 0 and image_size % 32 == 0,
+            "existence_threshold must be in (0, 1)": 0 < existence_threshold < 1,
+            "nms_iou must be in (0, 1]": 0 < nms_iou <= 1,
+            "cls_coeff, pos_weight and edge_coeff must be >= 0": min(
+                cls_coeff, pos_weight, edge_coeff
+            )
+            >= 0,
+            "image_scale must be positive": image_scale > 0,
+        }
+        for message, ok in checks.items():
+            if not ok:
+                msg = f"{message}; check the model's init_args"
+                raise ValueError(msg)
+        if arch == "v2" and clip_dir is None:
+            msg = "arch v2 needs clip_dir, a local folder of the clip-vit-base-patch32 tokenizer"
+            raise ValueError(msg)
+        super().__init__(
+            lr=lr,
+            weight_decay=weight_decay,
+            lr_schedule=lr_schedule,
+            output_dir=output_dir,
+            export_official=export_official,
+            protocol=protocol,
+        )
+
+    # ------------------------------------------------------------------- set-up
+    def configure_models(self) -> None:
+        """Build the network and tokenizer and load the initial weights."""
+        clip_dir = self.hparams["clip_dir"]
+        self.tokenizer = load_tokenizer(clip_dir) if clip_dir else CharTokenizer()
+        if self.hparams["arch"] == "tiny":
+            vocab = getattr(self.tokenizer, "vocab_size", 0)
+            if hasattr(self.tokenizer, "__len__"):  # transformers: added tokens included
+                vocab = max(vocab, len(self.tokenizer))
+            self.model: Network = biomedparse_tiny(vocab_size=vocab)
+        else:
+            self.model = biomedparse_v2()
+        if self.hparams["checkpoint"]:
+            load_into(self.model, self.hparams["checkpoint"])
+
+    def configure_losses(self) -> None:
+        """Sigmoid Dice with squared denominator, per prompt (BCE added in :meth:`seg_loss`)."""
+        self.dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")
+
+    # ---------------------------------------------------------------- prompting
+    def tokens(self, texts: list[str]) -> Tensor:
+        """Grounding tokens ``[T, N, C]`` of prompts."""
+        length = self.model.text_encoder.context_length
+        out = self.tokenizer(
+            texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        )
+        ids = out["input_ids"].to(self.device)
+        return self.model.encode_text(ids, out["attention_mask"].to(self.device))
+
+    def sample_prompts(
+        self, label: Tensor, classes: dict[int, Any], instance: bool, rng: random.Random
+    ) -> tuple[list[str], Tensor]:
+        """``num_prompts`` prompts and their label maps ``[P, 1, S, S]`` for one slice."""
+        ids = sorted(int(c) for c in classes) or [1]
+        n = self.hparams["num_prompts"]
+        picks = [ids[0]] * n if instance else [rng.choice(ids) for _ in range(n)]
+        texts, maps = [], []
+        for c in picks:
+            info = classes.get(c)
+            options = (info.prompts or (info.name,)) if info is not None else (str(c),)
+            texts.append(rng.choice(list(options)))
+            maps.append(label * (label > 0) if instance else (label == c).long())
+        return texts, torch.stack(maps)
+
+    # ------------------------------------------------------------------ training
+    def seg_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        """Per-prompt Dice + BCE ``[N]`` of logits against binary targets ``[N, 1, S, S]``."""
+        dice = self.dice(logits, target).flatten()
+        bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return dice + bce.flatten(1).mean(1)
+
+    def loss_terms(
+        self, masks: Tensor, edges: Tensor | None, existence: Tensor, maps: Tensor
+    ) -> dict[str, Tensor]:
+        """The loss and its terms for predictions and label maps ``[N, 1, S, S]``."""
+        size = maps.shape[-2:]
+        target = (maps > 0).float()
+        exist = target.flatten(1).amax(1)
+        pos = torch.tensor(self.hparams["pos_weight"], device=existence.device)
+        cls = F.binary_cross_entropy_with_logits(
+            existence.flatten().float(), exist, pos_weight=pos, reduction="none"
+        )
+        up = F.interpolate(masks.float(), size=size, mode="bicubic", align_corners=False)
+        seg = self.seg_loss(up, target)
+        total = self.hparams["cls_coeff"] * cls + seg * exist
+        terms = {"cls": cls.mean(), "seg": seg.mean()}
+        if edges is not None and self.hparams["edge_coeff"] > 0:
+            edge_up = F.interpolate(edges.float(), size=size, mode="bicubic", align_corners=False)
+            edge = self.seg_loss(edge_up, edge_target(maps))
+            total = total + self.hparams["edge_coeff"] * edge * exist
+            terms["edge"] = edge.mean()
+        terms["loss"] = total.mean()
+        return terms
+
+    def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
+        """Loss of a batch of 2.5D slices with sampled prompts."""
+        images = batch["image"].float() * self.hparams["image_scale"]
+        if images.ndim != 4 or images.shape[1] != 3:
+            msg = f"BiomedParse trains on 2.5D slices [B, 3, S, S], got {tuple(images.shape)}"
+            raise ConfigError(msg)
+        seed = self.hparams["sampling_seed"] + batch_idx if stage != "train" else None
+        rng = (
+            random.Random(seed)
+            if seed is not None
+            else random.Random(int(torch.randint(2**31, ())))
+        )
+        texts, maps = [], []
+        for b in range(images.shape[0]):
+            instance = bool(batch["meta"][b].get("instance", False))
+            t, m = self.sample_prompts(batch["label"][b], batch["classes"][b], instance, rng)
+            texts += t
+            maps.append(m)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=images.device).manual_seed(seed)
+        features = self.model.encode_image(images)
+        counts = [self.hparams["num_prompts"]] * images.shape[0]
+        out = self.model.decode(features, self.tokens(texts), counts, generator)
+        terms = self.loss_terms(out.masks, out.edges, out.existence, torch.cat(maps))
+        for name, value in terms.items():
+            key = f"{stage}_loss" if name == "loss" else f"{stage}_{name}_loss"
+            self.log(
+                key, value, batch_size=images.shape[0], prog_bar=name == "loss", sync_dist=True
+            )
+        return terms["loss"]
+
+    # ----------------------------------------------------------------- inference
+    @torch.no_grad()
+    def segment_volume(self, image: Tensor, prompts: dict[int, str], instance: bool) -> Tensor:
+        """Label map ``[D, H, W]`` of the prompted classes (see the class docstring)."""
+        ids = sorted(prompts)
+        size = self.hparams["image_size"]
+        slices, geometry = encode_volume(image.float(), size=size, inference=True)
+        slices = slices.to(self.device)
+        text = self.tokens([prompts[c] for c in ids])
+        generator = torch.Generator(device=self.device).manual_seed(self.hparams["sampling_seed"])
+        labels = []
+        step = self.hparams["slice_batch_size"]
+        for start in range(0, slices.shape[0], step):
+            part = slices[start : start + step]
+            n, p = part.shape[0], len(ids)
+            out = self.model.decode(
+                self.model.encode_image(part), text.repeat(1, n, 1), [p] * n, generator
+            )
+            masks = F.interpolate(out.masks.float(), size=(size, size), mode="bicubic")
+            probs = masks.sigmoid().view(n, p, size, size)
+            exist = out.existence.float().sigmoid().view(n, p)
+            for i in range(n):
+                kept = suppress(
+                    probs[i], exist[i], self.hparams["existence_threshold"], self.hparams["nms_iou"]
+                )
+                labels.append(merge(kept, ids))
+        seg = decode_slices(torch.stack(labels).cpu(), geometry)
+        return split_instances(seg) if instance else seg
+
+    def segment_text(self, image: Tensor, spacing: list[float], prompts: dict[int, str]) -> Tensor:
+        """The text protocol's interface (instance splitting per the current case's dataset)."""
+        return self.segment_volume(image, prompts, bool(getattr(self, "_instance", False)))
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """The text protocol, case by case (so each case's instance flag is known)."""
+        if self.protocol != "text":
+            super().test_step(batch, batch_idx)
+            return
+        for i in range(len(batch["meta"])):
+            self._instance = bool(batch["meta"][i].get("instance", False))
+            case = {
+                k: (v[i : i + 1] if isinstance(v, Tensor | list) else v) for k, v in batch.items()
+            }
+            super().test_step(case, batch_idx)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
+        """Segment every volume ``[B, 1, D, H, W]`` from its text prompts (or class names)."""
+        segs = []
+        for i, meta in enumerate(batch["meta"]):
+            classes = batch.get("classes", [{}] * len(batch["meta"]))[i]
+            prompts = {int(c): str(t) for c, t in (meta.get("text_prompts") or {}).items()}
+            prompts = prompts or {
+                int(c): (info.prompts[0] if info.prompts else info.name)
+                for c, info in classes.items()
+            }
+            seg = self.segment_volume(batch["image"][i, 0], prompts, bool(meta.get("instance")))
+            if self.hparams["save_predictions"]:
+                spacing = [float(s) for s in batch["spacing"][i]]
+                write_prediction(
+                    self.output_dir / "predictions",
+                    str(meta.get("case_id", i)),
+                    seg.numpy(),
+                    meta,
+                    spacing,
+                )
+            segs.append(seg)
+        return segs

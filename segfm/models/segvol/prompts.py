@@ -1,0 +1,68 @@
+"""SegVol's prompt simulation from binary masks: a tight box and a fixed-size point set.
+
+Unlike the original (``utils/monai_inferers_utils.py``), an empty mask gives *no* prompt
+(``None``) instead of sentinel coordinates (-1) that the network would embed as a real box.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def mask_box(mask: Tensor) -> Tensor | None:
+    """The tight box ``(d0, h0, w0, d1, h1, w1)`` (corners inclusive) of a mask ``[D, H, W]``.
+
+    Returns:
+        Float ``[6]``, or None when the mask is empty.
+    """
+    found = torch.nonzero(mask)
+    if found.numel() == 0:
+        return None
+    return torch.cat([found.min(0).values, found.max(0).values]).float()
+
+
+def _pick(candidates: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
+    """``count`` distinct rows of ``candidates [M, 3]`` at random (fewer if ``M < count``)."""
+    order = torch.randperm(candidates.shape[0], generator=generator)[:count]
+    return candidates[order.to(candidates.device)]
+
+
+def sample_points(
+    mask: Tensor,
+    max_positive: int = 10,
+    max_negative: int = 10,
+    min_positive: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor] | None:
+    """SegVol's point prompt: 1 positive, ``U[min, max]`` more positives, ``U[0, max]`` negatives.
+
+    Padded to ``1 + max_positive + max_negative`` points with label -1 (SAM's "not a point"
+    token; its coordinates are never embedded).
+
+    Args:
+        mask: Binary target ``[D, H, W]``.
+        max_positive: Most extra positive points.
+        max_negative: Most negative points.
+        min_positive: Fewest extra positive points (4 for SegVol's pseudo-mask prompts).
+        generator: CPU random generator.
+
+    Returns:
+        Coordinates ``[P, 3]`` (voxel indices, float) and labels ``[P]`` (1, 0 or -1), or None
+        when the mask is empty.
+    """
+    positive = torch.nonzero(mask)
+    if positive.numel() == 0:
+        return None
+    extra = int(torch.randint(min_positive, max_positive + 1, (1,), generator=generator))
+    negatives = int(torch.randint(0, max_negative + 1, (1,), generator=generator))
+    pos = _pick(positive, 1 + extra, generator)
+    neg = _pick(torch.nonzero(~mask.bool()), negatives, generator)
+    total = 1 + max_positive + max_negative
+    coords = torch.zeros((total, 3), device=mask.device)
+    labels = torch.full((total,), -1.0, device=mask.device)
+    coords[: len(pos)] = pos.float()
+    labels[: len(pos)] = 1.0
+    coords[len(pos) : len(pos) + len(neg)] = neg.float()
+    labels[len(pos) : len(pos) + len(neg)] = 0.0
+    return coords, labels

@@ -1,0 +1,142 @@
+"""BiomedParse method: loss on hand-built cases, NMS and merge, instances, prompt sampling."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from segfm.data.sample import ClassInfo
+from segfm.methods.biomedparse import (
+    BiomedParse,
+    edge_target,
+    merge,
+    split_instances,
+    suppress,
+)
+from segfm.models.biomedparse import BiomedParseOutput
+
+
+@pytest.fixture
+def method() -> BiomedParse:
+    return BiomedParse(arch="tiny", image_size=64, num_prompts=4, edge_coeff=1.0)
+
+
+def test_edge_target_is_morphological_gradient() -> None:
+    label = torch.zeros(1, 1, 7, 7, dtype=torch.long)
+    label[0, 0, 2:5, 2:5] = 1
+    expected = torch.zeros(7, 7)
+    expected[1:6, 1:6] = 1
+    expected[3, 3] = 0  # the inside of a 3x3 square
+    assert torch.equal(edge_target(label)[0, 0], expected)
+    inst = torch.zeros(1, 1, 4, 6, dtype=torch.long)
+    inst[..., :3], inst[..., 3:] = 1, 2  # touching instances: edge between them, not at borders
+    assert edge_target(inst)[0, 0].tolist() == [[0, 0, 1, 1, 0, 0]] * 4
+
+
+def test_loss_terms_weighting(method: BiomedParse) -> None:
+    maps = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    maps[0, 0, 4:10, 4:10] = 1  # present; the second target is empty
+    masks = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    edges = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    existence = torch.tensor([[0.3], [-0.2]])
+    terms = method.loss_terms(masks, edges, existence, maps)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    cls = bce(
+        existence.flatten(),
+        torch.tensor([1.0, 0.0]),
+        pos_weight=torch.tensor(3.0),
+        reduction="none",
+    )
+    up = torch.nn.functional.interpolate(masks, size=(16, 16), mode="bicubic")
+    eup = torch.nn.functional.interpolate(edges, size=(16, 16), mode="bicubic")
+    target, edge_t = (maps > 0).float(), edge_target(maps)
+    seg0 = method.seg_loss(up[:1], target[:1])[0]
+    edge0 = method.seg_loss(eup[:1], edge_t[:1])[0]
+    expected = (cls[0] + seg0 + edge0 + cls[1]) / 2  # the empty target: existence loss only
+    torch.testing.assert_close(terms["loss"], expected)
+    # changing the mask logits of the empty target changes nothing
+    masks2 = masks.clone()
+    masks2[1] += 5
+    torch.testing.assert_close(method.loss_terms(masks2, edges, existence, maps)["loss"], expected)
+    # seg loss itself: perfect logits give ~0 Dice + small BCE
+    perfect = (target * 2 - 1) * 50
+    assert method.seg_loss(perfect[:1], target[:1]).item() < 1e-3
+
+
+def test_suppress_and_merge_known_answer() -> None:
+    probs = torch.zeros(3, 4, 4)
+    probs[0, :2, :2] = 0.9  # class a, existence 0.8
+    probs[1, :2, :3] = 0.8  # overlaps a with IoU 4/6 > 0.5, existence 0.9: a is dropped
+    probs[2, 3, 3] = 0.95  # existence 0.4: dropped
+    existence = torch.tensor([0.8, 0.9, 0.4])
+    kept = suppress(probs, existence, 0.5, 0.5)
+    assert torch.equal(kept[0], torch.zeros(4, 4)) and torch.equal(kept[2], torch.zeros(4, 4))
+    assert torch.equal(kept[1], probs[1])
+    seg = merge(kept, [3, 7, 9])
+    expected = torch.zeros(4, 4, dtype=torch.long)
+    expected[:2, :3] = 7
+    assert torch.equal(seg, expected)
+    # one prompt: mask times existence > threshold
+    assert torch.equal(suppress(probs[:1], torch.tensor([0.4]), 0.5, 0.5), torch.zeros(1, 4, 4))
+    # merge: the larger probability wins, below 0.5 is background
+    two = torch.tensor([[[0.6, 0.4]], [[0.7, 0.3]]])
+    assert merge(two, [1, 2]).tolist() == [[2, 0]]
+
+
+def test_split_instances_six_connected() -> None:
+    seg = torch.zeros(3, 5, 5, dtype=torch.long)
+    seg[0, 0, 0] = 1
+    seg[1, 1, 1] = 1  # diagonal neighbour only: separate under 6-connectivity
+    seg[2, 3:5, 3:5] = 1
+    out = split_instances(seg)
+    assert out.max() == 3 and len(out.unique()) == 4
+
+
+def test_sample_prompts_semantic_and_instance(method: BiomedParse) -> None:
+    label = torch.zeros(1, 8, 8, dtype=torch.long)
+    label[0, :4] = 2
+    classes = {1: ClassInfo("liver", ("Liver",)), 2: ClassInfo("spleen", ("Spleen", "Spleen CT"))}
+    texts, maps = method.sample_prompts(label, classes, False, random.Random(0))
+    assert len(texts) == 4 and maps.shape == (4, 1, 8, 8)
+    for t, m in zip(texts, maps, strict=True):
+        assert (m.sum() > 0) == t.startswith("Spleen")  # absent liver: an empty target
+    inst = torch.zeros(1, 8, 8, dtype=torch.long)
+    inst[0, 0, 0], inst[0, 5, 5] = 3, 300  # ids above 255 kept
+    texts, maps = method.sample_prompts(
+        inst, {1: ClassInfo("lesion", ("Lesion",))}, True, random.Random(0)
+    )
+    assert texts == ["Lesion"] * 4 and int(maps.max()) == 300
+
+
+def test_segment_volume_instances_and_nms(
+    method: BiomedParse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_decode(features, text, counts, generator=None):
+        n = len(counts)
+        p = counts[0]
+        masks = torch.full((n * p, 1, 16, 16), -20.0)
+        masks[:, :, 2:5, 2:5] = 20.0  # two separate blobs on every slice
+        masks[:, :, 10:14, 10:14] = 20.0
+        return BiomedParseOutput(masks, None, torch.full((n * p, 1), 5.0))
+
+    monkeypatch.setattr(method.model, "decode", fake_decode)
+    image = torch.rand(6, 40, 40) * 255
+    seg = method.segment_volume(image, {5: "Lesion"}, instance=True)
+    assert seg.shape == (6, 40, 40)
+    assert sorted(seg.unique().tolist()) == [0, 1, 2]
+    semantic = method.segment_volume(image, {5: "Lesion"}, instance=False)
+    assert sorted(semantic.unique().tolist()) == [0, 5]
+    # two prompts with identical masks and equal existence: NMS keeps only the first by order
+    both = method.segment_volume(image, {2: "a", 5: "b"}, instance=False)
+    assert sorted(both.unique().tolist()) == [0, 2]
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="num_prompts"):
+        BiomedParse(arch="tiny", num_prompts=0)
+    with pytest.raises(ValueError, match="clip_dir"):
+        BiomedParse(arch="v2")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        BiomedParse(arch="tiny", image_size=100)

@@ -1,0 +1,244 @@
+"""SegVol method: training step, prompt rules, pseudo masks, schedule, zoom-out-zoom-in."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from segfm.data.sample import ClassInfo
+from segfm.errors import DataError
+from segfm.methods.segvol import SegVol, dice_bce
+from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
+from tests.models.segvol_text import write_tiny_clip
+
+ROI = (16, 32, 32)
+NAMES = {1: ClassInfo("liver"), 2: ClassInfo("kidney"), 3: ClassInfo("spleen")}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():  # the tiny network is far faster on one thread of a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+
+
+def _method(clip_dir: Path, **kwargs) -> SegVol:
+    torch.manual_seed(0)
+    args = {"arch": "tiny", "clip_dir": str(clip_dir), "roi_size": ROI, "lr_schedule": "constant"}
+    method = SegVol(**(args | kwargs))
+    method.log = lambda *a, **k: None  # no trainer attached
+    return method
+
+
+def _batch(classes: int = 2, pseudo: bool = True) -> dict:
+    label = torch.zeros(2, 1, *ROI, dtype=torch.long)
+    label[0, 0, 2:8, 4:20, 4:20] = 1
+    label[1, 0, 8:14, 10:30, 2:12] = 2
+    if classes > 2:
+        label[0, 0, 10:15, 22:30, 22:30] = 3
+    image = torch.rand(2, 1, *ROI) * 0.2 + 0.6 * (label > 0)
+    batch = {"image": image, "label": label, "classes": [NAMES, NAMES]}
+    if pseudo:
+        regions = torch.zeros(2, 1, *ROI, dtype=torch.long)
+        regions[:, :, :, 16:] = 1
+        regions[:, :, 8:] += 2
+        regions[:, :, :2] = -1
+        batch["pseudo_label"] = regions
+    return batch
+
+
+def _count_encodes(method: SegVol) -> dict[str, int]:
+    calls = {"n": 0}
+    encode = method.model.encode
+
+    def counting(image: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        return encode(image)
+
+    method.model.encode = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_loss_is_finite_and_decreases_with_one_encode_per_batch(clip_dir: Path) -> None:
+    method = _method(clip_dir)
+    calls = _count_encodes(method)
+    batch = _batch()
+    optimizer = torch.optim.AdamW([p for p in method.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for step in range(5):
+        loss = method._step(batch, step, "train")
+        assert loss is not None and torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert calls["n"] == 5
+    assert losses[-1] < losses[0]
+    # the frozen text tower gets no gradient, the decoder's text projection does
+    assert method.model.text_encoder.dim_align.weight.grad is None
+    assert method.model.mask_decoder.txt_align_upscaled_embedding.weight.grad is not None
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_every_class_and_combo_is_decoded_on_one_embedding(clip_dir: Path, classes: int) -> None:
+    method = _method(clip_dir)
+    calls = _count_encodes(method)
+    decoded: list[tuple[int, bool, bool, bool]] = []
+    decode = method.model.decode
+
+    def recording(emb, text=None, points=None, boxes=None):
+        decoded.append((emb.shape[0], text is not None, points is not None, boxes is not None))
+        return decode(emb, text, points, boxes)
+
+    method.model.decode = recording  # type: ignore[method-assign]
+    method._step(_batch(classes, pseudo=False), 0, "val")
+    assert calls["n"] == 1
+    # rows = 2 samples x classes; each class is present in one sample only, so the empty
+    # targets get no box or points: box/point-only combos decode the present targets only,
+    # text combos decode the empty ones from their text alone
+    present = classes
+    empty = 2 * classes - present
+    expected = [
+        (present, True, True, False),
+        (empty, True, False, False),  # point+text
+        (present, True, False, True),
+        (empty, True, False, False),  # box+text
+        (present, True, False, False),
+        (empty, True, False, False),  # text
+        (present, False, False, True),  # box
+        (present, False, True, False),  # point
+        (present, False, True, True),  # box+point
+    ]
+    assert decoded == expected
+
+
+def test_max_categories_limits_the_targets(clip_dir: Path) -> None:
+    method = _method(clip_dir, max_categories=1, prompt_combos=("text",))
+    masks, rows, names = method._targets(_batch(3)["label"][:, 0], [NAMES] * 2, torch.Generator())
+    assert masks.shape[0] == 2 and rows.tolist() == [0, 1] and names[0] == names[1]
+
+
+def test_pseudo_term_only_with_pseudo_masks(clip_dir: Path) -> None:
+    method = _method(clip_dir, prompt_combos=("box",))
+    logged: dict[str, float] = {}
+    method.log = lambda name, value, **k: logged.__setitem__(name, float(value.detach()))
+    method._step(_batch(pseudo=True), 0, "val")
+    assert logged["val_ssl_loss"] > 0
+    batch = _batch(pseudo=True)
+    batch["pseudo_label"][:] = -1  # nothing valid: no pseudo term
+    method._step(batch, 0, "val")
+    assert logged["val_ssl_loss"] == 0
+    assert logged["val_loss"] == pytest.approx(logged["val_sl_loss"])
+
+
+def test_pseudo_box_pass_adds_regions_inside_the_box(clip_dir: Path) -> None:
+    method = _method(clip_dir)
+    regions = torch.full((8, 16, 16), -1)
+    regions[0:6, 0:8, 0:8] = 0  # A, with B inside its box
+    regions[2:4, 2:4, 2:4] = 1  # B: wholly inside A's box
+    regions[4:8, 6:12, 6:12] = 2  # C: overlaps A's box, mostly outside it
+    regions[4:6, 6:8, 6:8] = 0
+    seen = set()
+    for seed in range(12):
+        generator = torch.Generator().manual_seed(seed)
+        target, box, points = method._pseudo_target(regions, True, generator)
+        assert points is None and box is not None
+        picked = {int(v) for v in torch.unique(regions[target])}
+        seen.add(min(picked))
+        if 0 in picked:
+            assert picked == {0, 1}
+        else:
+            assert len(picked) == 1
+    assert 0 in seen
+
+
+def test_dice_bce_matches_hand_arithmetic() -> None:
+    logits = torch.zeros(1, 1, 2, 2, 2)
+    target = torch.zeros(1, 2, 2, 2)
+    target[0, 0] = 1  # 4 of 8 voxels
+    # p = 0.5 everywhere: 1 - 2 * 2 / (4 + 4 + 1), plus BCE = ln 2
+    assert dice_bce(logits, target).item() == pytest.approx(1 - 4 / 9 + math.log(2), rel=1e-6)
+    valid = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
+    valid[0, 0, 0] = True  # two target voxels only: 1 - 2 * 1 / (1 + 2 + 1) + ln 2
+    assert dice_bce(logits, target, valid).item() == pytest.approx(0.5 + math.log(2), rel=1e-6)
+
+
+def test_warmup_cosine_schedule(clip_dir: Path) -> None:
+    method = _method(clip_dir, lr_schedule="warmup_cosine", warmup_epochs=4, lr=1e-4)
+    method._trainer = SimpleNamespace(max_epochs=12)
+    config = method.configure_optimizers()
+    scheduler = config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(12):
+        rates.append(scheduler.get_last_lr()[0])
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-4 / 5) and rates[3] == pytest.approx(1e-4 * 4 / 5)
+    assert rates[4] == pytest.approx(1e-4)
+    assert rates[8] == pytest.approx(1e-4 * 0.5)
+    assert all(b < a for a, b in itertools.pairwise(rates[4:]))
+
+
+def test_bad_options_are_refused(clip_dir: Path) -> None:
+    for bad in ({"prompt": "mask"}, {"prompt_combos": ("text", "scribble")}, {"overlap": 1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _method(clip_dir, **bad)
+
+
+class _Constant:
+    """Wraps a network's decode to return a fixed logit (a stand-in for a trained decoder)."""
+
+    def __init__(self, model, value: float) -> None:
+        self.model, self.value, self.encodes = model, value, 0
+        self.roi_size = model.roi_size
+        self.postprocess = model.postprocess
+
+    def encode(self, image):
+        self.encodes += image.shape[0] > 0
+        return self.model.encode(image)
+
+    def decode(self, emb, text=None, points=None, boxes=None):
+        low = self.model.decode(emb, text, points, boxes)
+        return torch.full_like(low, self.value)
+
+
+def test_zoom_in_covers_the_foreground_with_windows(clip_dir: Path) -> None:
+    model = _method(clip_dir).model.eval()
+    image = torch.rand(1, 48, 96, 96)
+    text = model.embed_text(["liver"])[0]
+    everywhere = _Constant(model, 5.0)
+    logits = zoom_out_zoom_in(everywhere, image, [ClassPrompts(text)], sw_batch_size=8)
+    assert logits.shape == (1, 48, 96, 96)
+    # global pass + windows of 16x32x32 at half overlap over the whole volume: 5 x 5 x 5 = 125
+    assert everywhere.encodes == 1 + math.ceil(125 / 8)
+    torch.testing.assert_close(logits, torch.full_like(logits, 5.0))
+    nowhere = _Constant(model, -5.0)
+    zoom_out_zoom_in(nowhere, image, [ClassPrompts(text)])
+    assert nowhere.encodes == 1  # nothing found: no zoom-in
+
+
+def test_zoom_in_box_mode_without_text_keeps_global_logits_where_no_box(clip_dir: Path) -> None:
+    model = _method(clip_dir).model.eval()
+    image = torch.rand(1, 24, 48, 48)
+    box = torch.tensor([0.0, 0, 0, 23, 47, 47])
+    logits = zoom_out_zoom_in(model, image, [ClassPrompts(box=box)], zoom_in=True)
+    assert logits.shape == (1, 24, 48, 48) and torch.isfinite(logits).all()
+
+
+def test_segment_text_and_predict_without_label(clip_dir: Path) -> None:
+    method = _method(clip_dir).eval()
+    seg = method.segment_text(torch.rand(20, 40, 36), [1.0, 1.0, 1.0], {2: "liver", 5: "kidney"})
+    assert seg.shape == (20, 40, 36) and set(torch.unique(seg).tolist()) <= {0, 2, 5}
+    method.hparams["prompt"] = "box"
+    with pytest.raises(DataError, match="no label"):
+        method._class_prompts(None, [1], ["liver"], torch.Generator(), "case_x")
