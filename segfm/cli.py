@@ -20,6 +20,8 @@ from segfm.errors import CheckpointError, SegfmError
 from segfm.evaluate import evaluate
 from segfm.export import export
 from segfm.methods.base import BaseTask, run_dir
+from segfm.register import register
+from segfm.track import track
 from segfm.verify import verify_data_command
 
 #: segfm's own subcommands: thin wrappers whose arguments come from the library function
@@ -27,6 +29,8 @@ EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {
     "export": export,
     "evaluate": evaluate,
     "verify-data": verify_data_command,
+    "track": track,
+    "register": register,
 }
 
 
