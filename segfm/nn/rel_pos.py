@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+#: largest relative-position bias (elements) built at once without gradients (256 MiB in fp32)
+MASK_CHUNK_ELEMENTS = 2**26
 _AXES = "ijl"  # einsum letters of the query's spatial axes (at most 3)
 
 RelPosStyle = Literal["decomposed", "sam_med3d"]
@@ -150,5 +152,17 @@ def rel_pos_attention(
         for term in terms[1:]:
             logits.add_(term)
         return logits.view(b, h, n, n).softmax(dim=-1) @ v
-    mask = decomposed_rel_pos_bias(q.reshape(b * h, n, c), tables, size, style).view(b, h, n, n)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    if needs_grad or b * h * n * n <= MASK_CHUNK_ELEMENTS:
+        mask = decomposed_rel_pos_bias(q.reshape(b * h, n, c), tables, size, style)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.view(b, h, n, n))
+    # Without gradients the [B * heads, N, N] bias need not exist all at once: attend a few
+    # (image, head) pairs at a time (MedSAM's 1024 px global attention over 8 slices would
+    # otherwise hold 6 GiB of bias alone).
+    q3, k3, v3 = (t.reshape(b * h, n, c) for t in (q, k, v))
+    step = max(1, MASK_CHUNK_ELEMENTS // (n * n))
+    out = torch.empty_like(q3)
+    for start in range(0, b * h, step):
+        part = slice(start, start + step)
+        mask = decomposed_rel_pos_bias(q3[part], tables, size, style)
+        out[part] = F.scaled_dot_product_attention(q3[part], k3[part], v3[part], attn_mask=mask)
+    return out.view(b, h, n, c)

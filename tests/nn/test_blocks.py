@@ -14,6 +14,7 @@ from segfm.nn import (
     conv_transpose_type,
     conv_type,
     decomposed_rel_pos_bias,
+    rel_pos,
     rel_pos_attention,
     window_partition,
     window_unpartition,
@@ -100,3 +101,23 @@ def test_rel_pos_attention_matches_explicit_softmax() -> None:
         decomposed_rel_pos_bias(q[0], tables, size, style="sam_med3d")
     with pytest.raises(ValueError, match="rows, expected"):
         decomposed_rel_pos_bias(q[0], tables[::-1], size)
+
+
+@pytest.mark.parametrize("style", ["decomposed", "sam_med3d"])
+def test_rel_pos_attention_in_chunks_equals_whole(monkeypatch, style) -> None:
+    torch.manual_seed(1)
+    size, heads, c = (4, 4, 4), 3, 8
+    n = 64
+    q, k, v = (torch.randn(2, heads, n, c) for _ in range(3))
+    tables = [torch.randn(2 * s - 1, c) for s in size]
+    whole = rel_pos_attention(q, k, v, tables, size, style)
+    # 5 (image, head) pairs per chunk: chunks cross image boundaries and the last one is short
+    monkeypatch.setattr(rel_pos, "MASK_CHUNK_ELEMENTS", 5 * n * n)
+    built = []
+    bias = rel_pos.decomposed_rel_pos_bias
+    monkeypatch.setattr(
+        rel_pos, "decomposed_rel_pos_bias", lambda q, *a: built.append(len(q)) or bias(q, *a)
+    )
+    chunked = rel_pos_attention(q, k, v, tables, size, style)
+    assert built == [5, 1]
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
