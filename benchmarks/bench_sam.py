@@ -5,7 +5,9 @@
 
 Every cell is measured in a fresh process with the same weights loaded into both networks:
 ``forward`` under ``torch.no_grad`` (image encoder, prompt encoder and mask decoder on one box),
-``forward+backward`` with gradients of all parameters. Times are medians of the timed repeats.
+``forward+backward`` with gradients of all parameters, ``encoder, 4 images`` the image encoder
+alone under ``torch.no_grad`` on a batch of four (how MedSAM's volume inference encodes slices).
+Times are medians of the timed repeats.
 """
 
 from __future__ import annotations
@@ -26,9 +28,17 @@ from benchmarks.common import markdown_table, ratio, run_isolated, time_calls
 
 # name -> (builder overrides shared by both implementations, warmup, repeats)
 CONFIGS: dict[str, dict[str, Any]] = {
-    "vit_b 1024px": {"arch": "vit_b", "image_size": 1024, "warmup": 1, "repeats": 2},
+    "vit_b 1024px": {
+        "arch": "vit_b",
+        "image_size": 1024,
+        "warmup": 1,
+        "repeats": 2,
+        "modes": ("forward", "forward+backward", "encoder, 4 images"),
+    },
     "tiny 128px": {"arch": "tiny", "image_size": 128, "warmup": 3, "repeats": 10},
 }
+MODES = ("forward", "forward+backward")
+BATCH = 4  # images of the "encoder, N images" mode
 
 
 def build(impl: str, arch: str, image_size: int) -> torch.nn.Module:
@@ -71,7 +81,13 @@ def worker(impl: str, name: str, mode: str, weights: str) -> None:
         (logits.square().mean() + iou.mean()).backward()
         model.zero_grad(set_to_none=True)
 
-    fn = forward if mode == "forward" else forward_backward
+    images = image.expand(BATCH, -1, -1, -1).contiguous()
+
+    def encode_batch() -> None:
+        with torch.no_grad():
+            model.image_encoder(images)
+
+    fn = {"forward": forward, "forward+backward": forward_backward}.get(mode, encode_batch)
     print(json.dumps(time_calls(fn, config["warmup"], config["repeats"])))
 
 
@@ -86,7 +102,7 @@ def make_weights(name: str, path: str) -> None:
 def measure(name: str, weights: Path) -> list[list[str]]:
     """Table rows of one network: forward, then forward+backward."""
     rows = []
-    for mode in ("forward", "forward+backward"):
+    for mode in CONFIGS[name].get("modes", MODES):
         off, ours = (
             run_isolated(__file__, ["--worker", impl, name, mode, str(weights)])
             for impl in ("official", "segfm")

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from segfm.data.base import BaseDataModule
 from segfm.data.biomedparse_augment import SliceAugment
@@ -35,9 +35,12 @@ from segfm.data.io.npz_cvpr import (
     read_case,
     read_class_prompts,
 )
+from segfm.data.loaders import ResumableDataLoader, global_seed
 from segfm.data.npz import NpzVolumeDataset
-from segfm.data.sample import Sample
+from segfm.data.sample import Sample, collate
 from segfm.data.splits import split_cases
+from segfm.data.volume_chunks import VolumeChunkSampler
+from segfm.data.volume_lru import VolumeLRU
 from segfm.errors import DataError
 
 _PNG_NAME = re.compile(r"(?P<stem>.+?)(?:_view(?P<axis>[12]))?_(?P<index>\d+)\.png")
@@ -100,6 +103,8 @@ class BiomedParseSliceDataset(Dataset[Sample]):
         prompts_file: ``class_prompts.json`` (named in errors).
         size: Side of the slices.
         augment: Training augmentation, or ``None``.
+        cache_bytes: Budget of the decoded volumes kept by each loading process
+            (:class:`~segfm.data.volume_lru.VolumeLRU`); 0 decodes the npz for every slice.
     """
 
     def __init__(
@@ -109,23 +114,37 @@ class BiomedParseSliceDataset(Dataset[Sample]):
         prompts_file: Path,
         size: int,
         augment: SliceAugment | None,
+        cache_bytes: int = 0,
     ) -> None:
         self.items, self.entries, self.prompts_file = items, entries, prompts_file
         self.size, self.augment = size, augment
         self.classes = {name: class_infos(entry) for name, entry in entries.items()}
+        self.cache = VolumeLRU(cache_bytes)
+
+    def groups(self) -> list[list[int]]:
+        """Indices of the items of each volume, in order of first appearance."""
+        by_case: dict[str, list[int]] = {}
+        for index, item in enumerate(self.items):
+            by_case.setdefault(item.case.case_id, []).append(index)
+        return list(by_case.values())
+
+    def _read(self, case: NpzCase) -> tuple[np.ndarray, np.ndarray]:
+        """Image and label volumes of a training npz."""
+        volume = read_case(case)
+        if volume.image is None or volume.label is None:
+            msg = f"{case.path} has no 'gts' array; training volumes need their labels"
+            raise DataError(msg)
+        return volume.image, volume.label
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _encode(self, item: SliceItem) -> tuple[torch.Tensor, torch.Tensor]:
         """Image ``[3, S, S]`` and label ``[S, S]`` from the npz."""
-        volume = read_case(item.case)
-        if volume.image is None or volume.label is None:
-            msg = f"{item.case.path} has no 'gts' array; training volumes need their labels"
-            raise DataError(msg)
+        volume, labels = self.cache.get(item.case.path, lambda: self._read(item.case))
         assert item.geometry is not None  # set for every npz item
-        image = encode_slice(volume.image, item.geometry, item.index)
-        label = resample_label(volume.label, item.geometry, [item.index])[0]
+        image = encode_slice(volume, item.geometry, item.index)
+        label = resample_label(labels, item.geometry, [item.index])[0]
         entry = self.entries[item.case.dataset]
         ids = label.unique().tolist()  # the slice's ids: checking the volume's costs a sort
         check_label_ids(ids, item.case.path, item.case.dataset, entry, self.prompts_file)
@@ -168,7 +187,8 @@ class BiomedParseDataModule(BaseDataModule):
     :mod:`segfm.data.io.npz_cvpr`). Training and validation samples are every slice of every
     exported view of the volumes (:func:`~segfm.data.encoding25d.multi_view_axes`), encoded as
     :mod:`segfm.data.encoding25d` describes: with ``source="npz"`` on the fly from the npz (each
-    sample decompresses its volume), with ``source="processed"`` read from the PNGs of
+    volume is decompressed once while it stays in each worker's ``cache_volumes_mb``), with
+    ``source="processed"`` read from the PNGs of
     ``python -m data_tools.process_2d`` (``<DATASET>/processed*/``, listed by their
     ``train.json``); both give the same pixels. Volumes, not slices, are split into train and
     validation (``val_ratio``).
@@ -198,6 +218,12 @@ class BiomedParseDataModule(BaseDataModule):
         multi_view: Export the extra views of isotropic near-cubic volumes, as the tool does.
         split_seed: Seed of the volume split.
         max_cases: Use at most this many volumes per split (quick runs).
+        cache_volumes_mb: Decoded volumes each loading process keeps (least recently used
+            dropped first), in MiB; 0 decodes the npz for every slice. Only ``source="npz"``.
+        volume_chunk: Training slices handed out together from one volume
+            (:class:`~segfm.data.volume_chunks.VolumeChunkSampler`): a worker then decodes a
+            volume once per chunk, and a batch mixes ``batch_size / volume_chunk`` volumes. 1
+            shuffles slices freely, as the original.
     """
 
     one_sample_splits = ("test", "predict")
@@ -215,6 +241,8 @@ class BiomedParseDataModule(BaseDataModule):
         multi_view: bool = True,
         split_seed: int = 0,
         max_cases: int | None = None,
+        cache_volumes_mb: int = 512,
+        volume_chunk: int = 1,
     ) -> None:
         super().__init__(root, batch_size, num_workers)
         checks = {
@@ -222,6 +250,8 @@ class BiomedParseDataModule(BaseDataModule):
             "val_ratio": (val_ratio, 0 <= val_ratio < 1),
             "source": (source, source in ("npz", "processed")),
             "max_cases": (max_cases, max_cases is None or max_cases >= 1),
+            "cache_volumes_mb": (cache_volumes_mb, cache_volumes_mb >= 0),
+            "volume_chunk": (volume_chunk, volume_chunk >= 1),
         }
         for name, (value, ok) in checks.items():
             if not ok:
@@ -231,6 +261,7 @@ class BiomedParseDataModule(BaseDataModule):
         self.size, self.val_ratio, self.source = size, val_ratio, source
         self.augment, self.multi_view = augment, multi_view
         self.split_seed, self.max_cases = split_seed, max_cases
+        self.cache_volumes_mb, self.volume_chunk = cache_volumes_mb, volume_chunk
 
     @property
     def prompts_file(self) -> Path:
@@ -338,6 +369,26 @@ class BiomedParseDataModule(BaseDataModule):
                 pngs = listed.get(case.case_id, []) if self.source == "processed" else None
                 items += self._items(case, pngs)
             augment = SliceAugment() if self.augment and split_name == "train" else None
+            cache = self.cache_volumes_mb * 2**20 if self.source == "npz" else 0
             self.datasets[split_name] = BiomedParseSliceDataset(
-                items, entries, self.prompts_file, self.size, augment
+                items, entries, self.prompts_file, self.size, augment, cache
             )
+
+    def train_dataloader(self) -> DataLoader[Sample]:
+        """Shuffled slices, ``volume_chunk`` at a time from one volume; resumable mid-epoch."""
+        dataset = self.datasets.get("train")
+        if self.volume_chunk == 1 or not isinstance(dataset, BiomedParseSliceDataset):
+            return super().train_dataloader()
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        order = VolumeChunkSampler(
+            dataset, dataset.groups(), self.volume_chunk, global_seed(), replicas, rank
+        )
+        return ResumableDataLoader(
+            dataset,
+            order=order,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )

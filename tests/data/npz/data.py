@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from data_tools.synthetic_npz import text_prompts, write_evaluation_case, write_training_case
+
 Box = tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (stops excluded)
 
 
@@ -140,32 +142,22 @@ def write_root(root: Path, prompts: dict = PROMPTS) -> Path:
     for dataset, cases in TRAIN.items():
         (root / dataset / "train").mkdir(parents=True)
         for name, case in cases.items():
-            np.savez_compressed(
-                root / dataset / "train" / f"{name}.npz",
-                imgs=image_of(case),
-                gts=label_of(case),
-                spacing=np.array(case.spacing),
-            )
+            folder = root / dataset / "train"
+            write_training_case(folder, name, image_of(case), label_of(case), case.spacing)
     for dataset, cases in EVAL.items():
         folder = root if dataset == TOP_LEVEL_EVAL else root / dataset
         (folder / "test").mkdir(parents=True, exist_ok=True)
         (folder / "test_mask").mkdir(parents=True, exist_ok=True)
         for name, case in cases.items():
-            extra = {}
+            boxes = prompts_of = None
             if name in WITH_PROMPTS:
-                extra["boxes"] = [box_dict(b) for _, b in sorted(case.objects.items())]
-                extra["text_prompts"] = {
-                    **{str(i): PROMPTS[dataset][str(i)][1] for i in sorted(case.objects)},
-                    "instance_label": PROMPTS[dataset]["instance_label"],
-                }
-            np.savez_compressed(
-                folder / "test" / f"{name}.npz",
-                imgs=image_of(case),
-                spacing=np.array(case.spacing),
-                **extra,
+                boxes = [box_dict(b) for _, b in sorted(case.objects.items())]
+                prompts_of = text_prompts(dataset, sorted(case.objects), PROMPTS)
+            masks = None if name == WITHOUT_MASK else folder / "test_mask"
+            image, label = image_of(case), label_of(case)
+            write_evaluation_case(
+                folder / "test", masks, name, image, label, case.spacing, boxes, prompts_of
             )
-            if name != WITHOUT_MASK:
-                np.savez_compressed(folder / "test_mask" / f"{name}.npz", gts=label_of(case))
     return root
 
 
