@@ -167,3 +167,38 @@ def test_register_from_the_command_line(files, monkeypatch, capsys):
     assert (files / "cli" / "moved.nii.gz").is_file()
     assert json.loads((files / "cli" / "transform.json").read_text())["kind"] == "rigid"
     assert "registered" in capsys.readouterr().out
+
+
+def test_register_end_to_end_with_a_tiny_checkpoint(tmp_path):
+    """`segfm register` with a real (tiny, untrained) checkpoint: no embedder is patched."""
+    import torch
+
+    from segfm.checkpoints.anatomical_embedding import save_official
+    from segfm.models.anatomical_embedding import tiny_embedding
+
+    torch.manual_seed(0)
+    ckpt = save_official(tiny_embedding(), tmp_path / "tiny.pth")
+    fixed, moving = _pair(rigid=True)
+    write_nifti(tmp_path / "fixed.nii.gz", fixed.array, fixed.affine)
+    write_nifti(tmp_path / "moving.nii.gz", moving.array, moving.affine)
+    out = tmp_path / "out"
+    main(
+        [
+            "register",
+            "--fixed", str(tmp_path / "fixed.nii.gz"),
+            "--moving", str(tmp_path / "moving.nii.gz"),
+            "--ckpt", str(ckpt),
+            "--arch", "tiny",
+            "--out", str(out),
+            "--moving_modality", "ct",
+            "--threshold", "-1",
+            "--ransac_threshold", "20",
+            "--step", "2",
+        ]
+    )  # fmt: skip
+    moved = nib.load(out / "moved.nii.gz")
+    assert moved.shape == nib.load(tmp_path / "fixed.nii.gz").shape
+    np.testing.assert_allclose(moved.affine, FIXED_AFFINE)
+    matrix = np.array(json.loads((out / "transform.json").read_text())["matrix"])
+    assert matrix.shape == (4, 4) and np.isfinite(matrix).all()
+    np.testing.assert_allclose(np.loadtxt(out / "transform.txt"), matrix, atol=1e-5)

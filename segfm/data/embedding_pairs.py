@@ -272,7 +272,10 @@ class EmbeddingPairDataModule(BaseDataModule):
         samples_per_epoch: Training pairs per epoch (default: the number of volumes).
         val_fraction: Share of the volumes held out for validation.
         val_pairs: Validation pairs.
-        fixed_val_scale: Validation views at scale 1.
+        fixed_val_scale: Validation views at scale 1. Then the two views differ by a
+            translation only, which any convolutional network (an untrained one too) matches
+            well, so ``val_med`` would not show learning; by default each view gets its own
+            seeded scale in ``scale_range``, as in training.
         batch_size: Pairs per batch.
         num_workers: Loader processes.
     """
@@ -299,7 +302,7 @@ class EmbeddingPairDataModule(BaseDataModule):
         samples_per_epoch: int | None = None,
         val_fraction: float = 0.1,
         val_pairs: int = 4,
-        fixed_val_scale: bool = True,
+        fixed_val_scale: bool = False,
         batch_size: int = 6,
         num_workers: int = 2,
     ) -> None:
