@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from segfm.cli import main
 from segfm.data.io.embeddings_h5 import read_embeddings
@@ -36,8 +38,17 @@ def _val_rows(run: Path) -> list[dict[str, str]]:
         return [r for r in csv.DictReader(f) if r.get("val_med")]
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread: the tiny fit is then reproducible run to run (and faster on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_training_improves_matching_then_predict_writes_embeddings(
-    embedding_root: Path, tmp_path: Path
+    embedding_root: Path, tmp_path: Path, one_thread: None
 ) -> None:
     common = _common("anatomical_embedding_sam.yaml", embedding_root, tmp_path)
     # the same seed gives the same initial network: validate measures it untrained
@@ -50,11 +61,14 @@ def test_training_improves_matching_then_predict_writes_embeddings(
     main(["fit", *common])
     logs = tmp_path / "lightning_logs"
     (untrained,) = _val_rows(logs / "untrained")
-    trained = _val_rows(logs / "run")[-1]
-    before, after = float(untrained["val_med"]), float(trained["val_med"])
-    identity = float(trained["val_med_identity"])
+    epochs = _val_rows(logs / "run")
+    assert len(epochs) == 12
+    # the best epoch, as the checkpoint callback (monitor val_med, mode min) keeps it
+    best = min(epochs, key=lambda r: float(r["val_med"]))
+    before, after = float(untrained["val_med"]), float(best["val_med"])
+    identity = float(best["val_med_identity"])
     assert float(untrained["val_med_identity"]) == pytest.approx(identity)  # the same points
-    assert 0 < after < 0.9 * before, (before, after)
+    assert 0 < after < 0.85 * before, (before, after)
     assert after < 0.75 * identity, (after, identity)
     run = logs / "run"
     ckpt = sorted((run / "checkpoints").glob("*.ckpt"))[-1]

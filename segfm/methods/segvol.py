@@ -1,36 +1,30 @@
-"""SegVol: universal segmentation from text, boxes and points, zoom-out-zoom-in inference."""
+"""SegVol training: every class and prompt combination decoded on one encoding per batch.
+
+Test and predict (zoom-out-zoom-in, protocol segmenters) live in
+:mod:`segfm.methods.segvol_inference`.
+"""
 
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from segfm.checkpoints.segvol import load_into, load_official
 from segfm.data.sample import Batch
-from segfm.errors import DataError
-from segfm.evaluation import CaseTable, dice, log_table, surface_dice
-from segfm.evaluation.interactive import ClassPrompt
-from segfm.evaluation.writers import write_prediction
-from segfm.methods.base import BaseTask
+from segfm.methods.segvol_inference import SegVolInference
+from segfm.methods.segvol_inference import prompt_kinds as _kinds
 from segfm.models.segvol import build_segvol
+from segfm.models.segvol.intensity import Normalization
 from segfm.models.segvol.prompts import mask_box, sample_points
-from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
 
 #: SegVol's six supervised prompt combinations, in its order
 COMBOS = ("point+text", "box+text", "text", "box", "point", "box+point")
 PROMPTS = ("text", "box", "point", "box+text", "point+text", "box+point", "box+point+text")
 SSL_PASSES = 6  # pseudo-mask passes per batch: even ones prompted by points, odd ones by a box
-
-
-def _kinds(combo: str) -> set[str]:
-    return set(combo.split("+"))
 
 
 def dice_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -51,7 +45,7 @@ def dice_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Ten
     return (1 - 2 * num / den).mean() + bce / weight.sum().clamp(min=1.0)
 
 
-class SegVol(BaseTask):
+class SegVol(SegVolInference):
     """SegVol (Du et al., 2023) on any data module yielding 3D volumes with class names.
 
     Training follows SegVol's ``train.py``: every class present in the batch (at most
@@ -66,11 +60,19 @@ class SegVol(BaseTask):
     the text encoder stays frozen (SegVol's ``dim_align`` never trained, see
     :class:`~segfm.models.segvol.TextEncoder`); the warm-up schedule starts above 0.
 
-    Test / predict (native): zoom-out-zoom-in (:func:`~segfm.models.segvol.zoom.zoom_out_zoom_in`)
-    of each class present in the label, prompted as ``prompt`` says (boxes and points from the
-    label); without a label, the data module's class names as text. Per-class DSC (SegVol's
-    ``2TP / (|P| + |G| + 1)`` and the standard one) and NSD go to ``test_classes.csv``, label maps
-    (most probable class above ``threshold``) to NIfTI with the source affine.
+    Test / predict (:class:`~segfm.methods.segvol_inference.SegVolInference`): zoom-out-zoom-in
+    (:func:`~segfm.models.segvol.zoom.zoom_out_zoom_in`) of each class present in the label,
+    prompted as ``prompt`` says (boxes and points from the label); without a label, the data
+    module's class names as text. Per-class DSC (SegVol's ``2TP / (|P| + |G| + 1)`` and the
+    standard one) and NSD go to ``test_classes.csv``, label maps (most probable class above
+    ``threshold``) to NIfTI with the source affine. ``protocol: text | interactive`` runs the
+    CVPR 2025 protocols of the evaluation harness instead (the box as a 3D box, clicks as points).
+
+    Intensities: the network was trained on volumes min-max scaled to [0, 1] after SegVol's
+    foreground clip and z-score. ``normalize: foreground`` (the default) does that on the device
+    from raw intensities (NpzDataModule's 0-255, CT in HU); ``M3DSegDataModule`` already yields
+    that scale (its samples are augmented after the scaling, as SegVol's), so its configs set
+    ``normalize: none``.
 
     Args:
         arch: ``base`` (the released 181M network) or ``tiny`` (tests and demos).
@@ -81,7 +83,9 @@ class SegVol(BaseTask):
         prompt_combos: Supervised prompt combinations, from :data:`COMBOS`.
         max_categories: Most classes per training batch (0: all), drawn at random.
         ssl_weight: Weight of the pseudo-mask term (0: off).
-        normalize: ``minmax`` scales each volume to [0, 1] (SegVol's input), ``none`` keeps it.
+        normalize: ``foreground`` clips each volume to its foreground's 0.05 / 99.95
+            percentiles and scales it to [0, 1] (SegVol's preprocessing of raw intensities),
+            ``minmax`` only scales, ``none`` keeps the data module's [0, 1] volumes.
         prompt: Inference prompts, from :data:`PROMPTS`.
         zoom_in: Run the zoom-in pass after the global one.
         overlap: Overlap of the zoom-in windows.
@@ -118,7 +122,7 @@ class SegVol(BaseTask):
         prompt_combos: tuple[str, ...] = COMBOS,
         max_categories: int = 0,
         ssl_weight: float = 0.1,
-        normalize: Literal["minmax", "none"] = "minmax",
+        normalize: Normalization = "foreground",
         prompt: str = "text",
         zoom_in: bool = True,
         overlap: float = 0.5,
@@ -147,6 +151,7 @@ class SegVol(BaseTask):
             "prompt": (prompt, prompt in PROMPTS or "+".join(sorted(_kinds(prompt))) in PROMPTS),
             "max_categories": (max_categories, max_categories >= 0),
             "ssl_weight": (ssl_weight, ssl_weight >= 0),
+            "normalize": (normalize, normalize in ("foreground", "minmax", "none")),
             "overlap": (overlap, 0 <= overlap < 1),
             "threshold": (threshold, 0 < threshold < 1),
             "sw_batch_size": (sw_batch_size, sw_batch_size >= 1),
@@ -181,12 +186,6 @@ class SegVol(BaseTask):
         if h["checkpoint"]:
             load_into(self.model, load_official(h["checkpoint"]))
 
-    def configure_metrics(self) -> None:
-        """Empty inference tables."""
-        self.class_table = CaseTable(["dsc_segvol", "dsc", "nsd", "seconds"])
-        self.case_table = CaseTable(["dsc", "nsd"])
-        self._overlays_written = 0
-
     def configure_optimizers(self) -> Any:
         """AdamW; ``warmup_cosine``: linear warm-up over ``warmup_epochs``, then cosine to 0."""
         if self.hparams["lr_schedule"] != "warmup_cosine":
@@ -209,16 +208,6 @@ class SegVol(BaseTask):
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
 
-    # --------------------------------------------------------------- inputs
-    def _normalize(self, image: Tensor) -> Tensor:
-        """SegVol's min-max scaling of each volume ``[N, 1, *S]`` to [0, 1]."""
-        if self.hparams["normalize"] == "none":
-            return image.float()
-        flat = image.float().flatten(1)
-        low = flat.min(1).values.view(-1, *[1] * (image.ndim - 1))
-        span = (flat.max(1).values.view_as(low) - low).clamp(min=1e-8)
-        return (image.float() - low) / span
-
     def _to_window(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
         """Image, label and pseudo label resized to ``roi_size`` if they are not already."""
         roi = tuple(self.hparams["roi_size"])
@@ -230,11 +219,6 @@ class SegVol(BaseTask):
             if pseudo is not None:
                 pseudo = F.interpolate(pseudo.float(), size=roi, mode="nearest-exact").long()
         return image, label[:, 0], None if pseudo is None else pseudo[:, 0]
-
-    @staticmethod
-    def _name(classes: dict[int, Any] | None, class_id: int) -> str:
-        info = (classes or {}).get(class_id)
-        return info.name if info is not None else str(class_id)
 
     # ------------------------------------------------------------------ training
     def _targets(
@@ -385,210 +369,3 @@ class SegVol(BaseTask):
         self.log(f"{stage}_sl_loss", sl, batch_size=size, sync_dist=stage != "train")
         self.log(f"{stage}_ssl_loss", ssl, batch_size=size, sync_dist=stage != "train")
         return loss
-
-    # ----------------------------------------------------------------- inference
-    def _class_prompts(
-        self,
-        label: Tensor | None,
-        ids: list[int],
-        names: list[str],
-        generator: torch.Generator,
-        case_id: str,
-    ) -> list[ClassPrompts]:
-        """Per class: text, and the box and points of its label as ``prompt`` asks."""
-        kinds = _kinds(self.hparams["prompt"])
-        if label is None and kinds != {"text"}:
-            msg = (
-                f"case {case_id!r} has no label to take {self.hparams['prompt']} prompts from; "
-                "use --model.init_args.prompt text for volumes without ground truth"
-            )
-            raise DataError(msg)
-        text = self.model.embed_text(names) if "text" in kinds else None
-        out = []
-        for k, c in enumerate(ids):
-            target = None if label is None else label == c
-            box = mask_box(target) if "box" in kinds and target is not None else None
-            points = None
-            if "point" in kinds and target is not None:
-                points = sample_points(target, 3, 3, generator=generator)
-            out.append(ClassPrompts(None if text is None else text[k], box, points))
-        return out
-
-    def _segment(
-        self, image: Tensor, prompts: list[ClassPrompts], ids: list[int]
-    ) -> tuple[Tensor, Tensor]:
-        """Zoom-out-zoom-in of ``image [D, H, W]``: probabilities ``[K, *S]`` and the label map."""
-        image = self._normalize(image[None, None])[0]
-        logits = zoom_out_zoom_in(
-            self.model,
-            image,
-            prompts,
-            overlap=self.hparams["overlap"],
-            zoom_in=self.hparams["zoom_in"],
-            threshold=self.hparams["threshold"],
-            sw_batch_size=self.hparams["sw_batch_size"],
-        )
-        prob = torch.sigmoid(logits)
-        seg = torch.zeros(image.shape[1:], dtype=torch.long, device=image.device)
-        if ids:
-            best, index = prob.max(0)
-            lookup = torch.tensor(ids, device=image.device)
-            seg = torch.where(best > self.hparams["threshold"], lookup[index], seg)
-        return prob, seg
-
-    @torch.no_grad()
-    def segment_text(self, image: Tensor, spacing: list[float], prompts: dict[int, str]) -> Tensor:
-        """Segment the classes named by text (the text protocol's interface).
-
-        Args:
-            image: Intensities ``[D, H, W]``.
-            spacing: Voxel size (unused: the network sees the volume resized to its window).
-            prompts: Text per class id (put into SegVol's template).
-
-        Returns:
-            Label map ``[D, H, W]``.
-        """
-        ids = list(prompts)
-        text = self.model.embed_text([prompts[c] for c in ids]) if ids else None
-        class_prompts = [ClassPrompts(text[k]) for k in range(len(ids))]  # type: ignore[index]
-        return self._segment(image, class_prompts, ids)[1]
-
-    @torch.no_grad()
-    def segment_interactive(
-        self,
-        image: Tensor,
-        spacing: list[float],
-        prompts: dict[int, ClassPrompt],
-        previous: Tensor | None,
-    ) -> Tensor:
-        """Segment classes from their CVPR box (as a 3D box) and clicks (as points)."""
-        ids, class_prompts = [], []
-        for c, p in prompts.items():
-            box = None
-            if p.box is not None:
-                b = p.box
-                corners = [b["z_min"], b["z_mid_y_min"], b["z_mid_x_min"]]
-                corners += [b["z_max"], b["z_mid_y_max"], b["z_mid_x_max"]]
-                box = torch.tensor(corners, dtype=torch.float, device=image.device)
-            clicks = p.clicks()
-            points = None
-            if clicks:
-                coords = torch.tensor(
-                    [q for q, _ in clicks], dtype=torch.float, device=image.device
-                )
-                labels = torch.tensor(
-                    [v for _, v in clicks], dtype=torch.float, device=image.device
-                )
-                points = (coords, labels)
-            if box is not None or points is not None:
-                ids.append(c)
-                class_prompts.append(ClassPrompts(None, box, points))
-        return self._segment(image, class_prompts, ids)[1]
-
-    def _case(self, batch: Batch, i: int, batch_idx: int, score: bool) -> dict[str, Any]:
-        """Segment sample ``i`` of a batch (and score it against its label)."""
-        meta = batch.get("meta", [{}] * (i + 1))[i]
-        case_id = str(meta.get("case_id", f"case_{batch_idx}_{i}"))
-        classes = (batch.get("classes") or [{}] * (i + 1))[i]
-        image = batch["image"][i, 0]
-        label = batch["label"][i, 0] if "label" in batch else None
-        if label is not None and not bool((label > 0).any()) and not score:
-            label = None  # an unlabelled predict volume
-        ids = (
-            [int(c) for c in torch.unique(label) if c > 0]
-            if label is not None
-            else sorted(c for c in classes if c > 0)
-        )
-        names = [self._name(classes, c) for c in ids]
-        generator = torch.Generator()
-        generator.manual_seed(self.hparams["click_seed"])
-        started = time.perf_counter()
-        prompts = self._class_prompts(label, ids, names, generator, case_id)
-        prob, seg = self._segment(image, prompts, ids)
-        seconds = time.perf_counter() - started
-        spacing = [float(v) for v in batch["spacing"][i]]
-        scores = []
-        if score and label is not None:
-            for k, c in enumerate(ids):
-                pred, ref = prob[k] > self.hparams["threshold"], label == c
-                tp = int((pred & ref).sum())
-                row = {
-                    "dsc_segvol": 2 * tp / (int(pred.sum()) + int(ref.sum()) + 1),
-                    "dsc": dice(pred, ref),
-                    "nsd": surface_dice(pred, ref, spacing, self.hparams["nsd_tolerance"]),
-                }
-                scores.append(row)
-                self.class_table.add(
-                    case=case_id,
-                    class_id=c,
-                    class_name=names[k],
-                    prompt=self.hparams["prompt"],
-                    **row,
-                    seconds=seconds,
-                )
-        return {
-            "case_id": case_id,
-            "seg": seg,
-            "image": image,
-            "label": label,
-            "meta": meta,
-            "spacing": spacing,
-            "scores": scores,
-        }
-
-    def native_test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Zoom-out-zoom-in of every labelled class of each volume, scored per class."""
-        for i in range(batch["image"].shape[0]):
-            r = self._case(batch, i, batch_idx, score=True)
-            if r["scores"]:
-                dsc = float(np.mean([s["dsc"] for s in r["scores"]]))
-                nsd = float(np.mean([s["nsd"] for s in r["scores"]]))
-                self.case_table.add(case=r["case_id"], classes=len(r["scores"]), dsc=dsc, nsd=nsd)
-                self.log("test_dsc", dsc, batch_size=1, on_epoch=True, sync_dist=True)
-                self.log("test_nsd", nsd, batch_size=1, on_epoch=True, sync_dist=True)
-            self._write_outputs(r)
-
-    def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
-        """Label maps of each volume (prompts from its label, or text without one)."""
-        out = []
-        for i in range(batch["image"].shape[0]):
-            r = self._case(batch, i, batch_idx, score=False)
-            self._write_outputs(r)
-            out.append(r["seg"].cpu())
-        return out
-
-    def _write_outputs(self, r: dict[str, Any]) -> None:
-        if self.hparams["save_predictions"]:
-            seg = r["seg"].cpu().numpy()
-            write_prediction(
-                self.output_dir / "predictions", r["case_id"], seg, r["meta"], r["spacing"]
-            )
-        if self._overlays_written < self.hparams["num_overlays"]:
-            mask = r["label"] if r["label"] is not None else r["seg"]
-            if bool((mask > 0).any()):
-                z = int((mask > 0).flatten(1).sum(1).argmax())
-                ref = None if r["label"] is None else r["label"][z].cpu().numpy()
-                name = f"{r['case_id'].replace('/', '_')}_z{z:03d}"
-                self.save_overlay(name, r["image"][z].cpu().numpy(), r["seg"][z].cpu().numpy(), ref)
-                self._overlays_written += 1
-
-    def on_native_test_epoch_start(self) -> None:
-        """Start empty tables."""
-        self.configure_metrics()
-
-    def on_predict_epoch_start(self) -> None:
-        """Check the output folder and start counting overlays."""
-        super().on_predict_epoch_start()
-        self.configure_metrics()
-
-    def on_native_test_epoch_end(self) -> None:
-        """Gather every rank's rows; rank zero writes the tables."""
-        for table in (self.class_table, self.case_table):
-            table.rows = self.gather_rows(table.rows)
-        if self.trainer.is_global_zero and len(self.class_table):
-            out = self.output_dir
-            self.class_table.write(out, "test_classes")
-            self.case_table.write(out, "test_cases")
-            rows = [[r["case"], r["class_name"], r["dsc"], r["nsd"]] for r in self.class_table.rows]
-            log_table(self.trainer.loggers, "test/classes", ["case", "class", "dsc", "nsd"], rows)
-            rank_zero_info(f"\nSegVol per class ({out}):\n{self.class_table.to_markdown()}")

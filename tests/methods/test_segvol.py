@@ -7,12 +7,16 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from segfm.data.sample import ClassInfo
 from segfm.errors import DataError
+from segfm.evaluation.interactive import ClassPrompt
 from segfm.methods.segvol import SegVol, dice_bce
+from segfm.methods.segvol_inference import cvpr_box
+from segfm.models.segvol.intensity import _percentile, normalize_intensity
 from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
 from tests.models.segvol_text import write_tiny_clip
 
@@ -242,3 +246,67 @@ def test_segment_text_and_predict_without_label(clip_dir: Path) -> None:
     method.hparams["prompt"] = "box"
     with pytest.raises(DataError, match="no label"):
         method._class_prompts(None, [1], ["liver"], torch.Generator(), "case_x")
+
+
+def test_foreground_normalization_matches_segvol_preprocessing() -> None:
+    from data_tools.build_dataset import normalize
+    from segfm.data.m3d_seg import min_max
+
+    generator = np.random.default_rng(0)
+    volume = generator.integers(0, 256, (2, 12, 20, 18)).astype(np.uint8)  # npz's 0-255
+    volume[1, :, :4] = 255  # a bright slab: the 99.95 % clip matters
+    got = normalize_intensity(torch.from_numpy(volume)[:, None], "foreground")[:, 0]
+    for v in range(2):  # build_dataset's clip and z-score, then the data module's min-max
+        want = min_max(normalize(volume[v]))
+        np.testing.assert_allclose(got[v].numpy(), want, atol=1e-5)
+    assert got.min() == 0 and got.max() == 1
+    for n in (1, 2, 7, 1000):  # the kthvalue percentile is numpy's
+        values = torch.from_numpy(generator.normal(size=n))
+        for q in (0.05, 50.0, 99.95):
+            assert float(_percentile(values, q)) == pytest.approx(np.percentile(values, q))
+
+
+def test_normalize_none_keeps_unit_volumes_and_warns_on_raw_ones(clip_dir: Path) -> None:
+    method = _method(clip_dir, normalize="none")
+    unit = torch.rand(1, 1, 4, 8, 8)
+    assert torch.equal(method._normalize(unit), unit)
+    with pytest.warns(UserWarning, match="normalize: foreground"):
+        method._normalize(unit * 255)
+    with pytest.raises(ValueError, match="normalize"):
+        _method(clip_dir, normalize="zscore")
+
+
+def test_text_tokens_are_cached_per_prompt_until_the_next_run(clip_dir: Path) -> None:
+    method = _method(clip_dir).eval()
+    asked: list[list[str]] = []
+    embed = method.model.embed_text
+
+    def recording(names):
+        asked.append(list(names))
+        return embed(names)
+
+    method.model.embed_text = recording  # type: ignore[method-assign]
+    image = torch.rand(16, 32, 32)
+    first = method.segment_text(image, [1.0] * 3, {1: "liver", 2: "kidney"})
+    again = method.segment_text(image, [1.0] * 3, {2: "kidney", 3: "liver", 4: "spleen"})
+    assert asked == [["liver", "kidney"], ["spleen"]]  # each string encoded once
+    torch.testing.assert_close(method.text_tokens(["liver"]), embed(["liver"]))
+    assert first.shape == again.shape == image.shape
+    method._clear_text_cache()  # what test / predict epoch starts do
+    method.text_tokens(["liver"])
+    assert asked[-1] == ["liver"]
+
+
+def test_segment_interactive_with_uneven_clicks(clip_dir: Path) -> None:
+    method = _method(clip_dir).eval()
+    box = {"z_min": 2, "z_max": 9, "z_mid": 5, "z_mid_y_min": 4, "z_mid_x_min": 6}
+    box |= {"z_mid_y_max": 20, "z_mid_x_max": 25}
+    prompts = {
+        1: ClassPrompt(box=box, fg=[(5, 10, 10), (6, 12, 12)], bg=[(1, 1, 1)]),
+        4: ClassPrompt(fg=[(12, 28, 28)]),  # clicks only: decoded with 5, which has more
+        5: ClassPrompt(fg=[(3, 3, 3)], bg=[(10, 10, 10)]),
+        7: ClassPrompt(),  # nothing yet: stays background
+    }
+    seg = method.segment_interactive(torch.rand(14, 30, 34) * 255, [1.0] * 3, prompts, None)
+    assert seg.shape == (14, 30, 34) and set(torch.unique(seg).tolist()) <= {0, 1, 4, 5}
+    assert cvpr_box(box, torch.device("cpu")).tolist() == [2, 4, 6, 9, 20, 25]

@@ -67,6 +67,18 @@ def _crop_points(
     return torch.where(keep[:, None], shifted, torch.zeros_like(shifted)), labels
 
 
+def _stack_points(points: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Point sets of different lengths as ``[N, P, 3]`` and ``[N, P]``, padded with label -1.
+
+    Classes prompted together may have different numbers of clicks (the interactive protocol
+    adds one per class only where it finds an error); SAM's "not a point" padding evens them.
+    """
+    size = max(c.shape[0] for c, _ in points)
+    coords = torch.stack([F.pad(c, (0, 0, 0, size - c.shape[0])) for c, _ in points])
+    labels = torch.stack([F.pad(v, (0, size - v.shape[0]), value=-1.0) for _, v in points])
+    return coords, labels
+
+
 def _decode_groups(
     model: SegVol, embedding: Tensor, prompts: list[ClassPrompts]
 ) -> dict[int, Tensor]:
@@ -80,12 +92,7 @@ def _decode_groups(
     for (has_text, has_box, has_points), ks in groups.items():
         text = torch.stack([prompts[k].text for k in ks]) if has_text else None  # type: ignore[misc]
         boxes = torch.stack([prompts[k].box for k in ks]) if has_box else None  # type: ignore[misc]
-        points = None
-        if has_points:
-            points = (
-                torch.stack([prompts[k].points[0] for k in ks]),  # type: ignore[index]
-                torch.stack([prompts[k].points[1] for k in ks]),  # type: ignore[index]
-            )
+        points = _stack_points([prompts[k].points for k in ks]) if has_points else None  # type: ignore[misc]
         rows = embedding.expand(len(ks), *embedding.shape[1:])
         low = model.decode(rows, text, points, boxes)
         out |= {k: low[i] for i, k in enumerate(ks)}
