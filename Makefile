@@ -2,8 +2,9 @@
 PYTHON ?= python
 RUN ?= $(shell date +%Y%m%d-%H%M%S)
 DEMO_DATA ?= demo_data
+SEGVOL_CATEGORIES ?= liver,spleen,kidney_left,kidney_right,aorta
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo demo-segvol demo-biomedparse demo-embedding test bench lint clean
 
 install:  ## install segfm with its test tools (CPU torch first, so pip never pulls a CUDA build)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -19,6 +20,33 @@ demo: install  ## generate data, preprocess, fine-tune a tiny MedSAM, test, expo
 	$(PYTHON) -m segfm export --ckpt_path runs/medsam_demo/$(RUN)/checkpoints/last.ckpt \
 		--format sam --output runs/medsam_demo/$(RUN)/medsam_demo.pth
 	@echo "run folder: runs/medsam_demo/$(RUN)"
+
+demo-segvol: install  ## tiny SegVol on generated M3D-Seg data: build, pseudo masks, fit, zoom-out-zoom-in test
+	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0
+	$(PYTHON) -m data_tools.build_dataset --image-dir $(DEMO_DATA)/raw/imagesTr \
+		--label-dir $(DEMO_DATA)/raw/labelsTr --code 0000 --categories $(SEGVOL_CATEGORIES) \
+		--out $(DEMO_DATA)/m3d_seg
+	$(PYTHON) -m data_tools.build_pseudo_mask --root $(DEMO_DATA)/m3d_seg --code 0000 \
+		--spatial-size 64 64 32 --min-size 200
+	$(PYTHON) -m data_tools.tiny_clip --output $(DEMO_DATA)/segvol/clip
+	$(PYTHON) -m segfm fit --config configs/segvol/demo.yaml --data.init_args.root $(DEMO_DATA)/m3d_seg \
+		--model.init_args.clip_dir $(DEMO_DATA)/segvol/clip --trainer.logger.init_args.version $(RUN)
+	$(PYTHON) -m segfm test --config configs/segvol/demo.yaml --data.init_args.root $(DEMO_DATA)/m3d_seg \
+		--model.init_args.clip_dir $(DEMO_DATA)/segvol/clip --trainer.logger.init_args.version $(RUN) \
+		--ckpt_path runs/segvol_demo/$(RUN)/checkpoints/last.ckpt
+
+demo-biomedparse: install  ## tiny BiomedParse on generated CVPR npz data: fit, then the text protocol
+	$(PYTHON) -m data_tools.synthetic_npz --output $(DEMO_DATA)/biomedparse
+	$(PYTHON) -m segfm fit --config configs/biomedparse/demo.yaml --data.init_args.root $(DEMO_DATA)/biomedparse \
+		--trainer.logger.init_args.version $(RUN)
+	$(PYTHON) -m segfm test --config configs/biomedparse/demo.yaml --data.init_args.root $(DEMO_DATA)/biomedparse \
+		--trainer.logger.init_args.version $(RUN) --ckpt_path runs/biomedparse_demo/$(RUN)/checkpoints/last.ckpt
+
+demo-embedding: install  ## tiny SAM anatomical embedding on generated scans: val_med per epoch
+	$(PYTHON) -m data_tools.synthetic_embedding --output $(DEMO_DATA)/embedding --num_cases 8 \
+		--texture_period 0 --anatomy_sigma 2.5
+	$(PYTHON) -m segfm fit --config configs/anatomical_embedding/demo.yaml \
+		--data.init_args.root $(DEMO_DATA)/embedding --trainer.logger.init_args.version $(RUN)
 
 test: install  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q

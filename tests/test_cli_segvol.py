@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from data_tools.tiny_clip import write_tiny_clip
 from segfm.checkpoints.segvol import load_official
 from segfm.cli import main
 from tests.data.m3d_seg.data import BOXES, CODES, SHAPE, SPACING, TEST, build
-from tests.models.segvol_text import write_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "conf" / "segvol_m3d_seg.yaml"

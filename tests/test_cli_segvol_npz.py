@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from data_tools.tiny_clip import write_tiny_clip
 from segfm.cli import main
 from tests.data.npz.data import EVAL, WITHOUT_MASK
-from tests.models.segvol_text import write_tiny_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "conf" / "segvol_npz.yaml"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_tools.tiny_clip import write_tiny_clip
 from segfm.data.sample import ClassInfo
 from segfm.errors import DataError
 from segfm.evaluation.interactive import ClassPrompt
@@ -18,7 +19,6 @@ from segfm.methods.segvol import SegVol, dice_bce
 from segfm.methods.segvol_inference import cvpr_box
 from segfm.models.segvol.intensity import _percentile, normalize_intensity
 from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
-from tests.models.segvol_text import write_tiny_clip
 
 ROI = (16, 32, 32)
 NAMES = {1: ClassInfo("liver"), 2: ClassInfo("kidney"), 3: ClassInfo("spleen")}

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_tools.tiny_clip import write_tiny_clip
 from segfm.errors import ConfigError
 from segfm.models.segvol import (
     SegVolPromptEncoder,
@@ -16,7 +17,6 @@ from segfm.models.segvol import (
     segvol_tiny,
 )
 from tests.models.segvol_keys import official_shapes
-from tests.models.segvol_text import write_tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,13 @@
-"""A tiny CLIP tokenizer and text config written to a folder (SegVol tests; no download)."""
+"""A tiny CLIP tokenizer and text config written to a folder, for demos and tests (no download).
+
+    python -m data_tools.tiny_clip --output DIR
+
+Real runs use the tokenizer shipped with the released weights (SegVol's ``config/clip``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import string
 from pathlib import Path
@@ -43,3 +49,15 @@ def write_tiny_clip(folder: Path) -> Path:
     )
     config.save_pretrained(str(folder))
     return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line: write the tiny tokenizer and config into ``--output``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, type=Path, help="folder to write")
+    args = parser.parse_args(argv)
+    print(write_tiny_clip(args.output))
+
+
+if __name__ == "__main__":
+    main()
