@@ -119,7 +119,11 @@ def test_ddp_interactive_protocol_scores_each_case_once(npz_root, tmp_path):
 
 
 def test_ddp_fit_resumed_in_the_middle_of_an_epoch_equals_uninterrupted(nnunet_root, tmp_path):
-    """Two processes, random crops and flips drawn in a loader worker each, cut after a batch."""
+    """Two processes with random crops and flips, cut after a batch of the second epoch.
+
+    The samples load in the main processes (workers are covered by tests/data/test_loaders.py:
+    a sample's draws do not depend on the process that loads it).
+    """
     from tests.test_resume import _assert_same
 
     def fit(version: str, *extra: str) -> Path:
@@ -133,7 +137,7 @@ def test_ddp_fit_resumed_in_the_middle_of_an_epoch_equals_uninterrupted(nnunet_r
                 "--data.init_args.cache_dir",
                 str(tmp_path / "cache"),
                 "--data.init_args.num_workers",
-                "1",
+                "0",
                 "--data.init_args.batch_size",
                 "1",
                 "--trainer.strategy",
