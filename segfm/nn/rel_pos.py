@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-#: largest relative-position bias (elements) built at once without gradients (256 MiB in fp32)
-MASK_CHUNK_ELEMENTS = 2**26
+#: largest relative-position bias (elements) built at once without gradients (1 GiB in fp32)
+MASK_CHUNK_ELEMENTS = 2**28
 _AXES = "ijl"  # einsum letters of the query's spatial axes (at most 3)
 
 RelPosStyle = Literal["decomposed", "sam_med3d"]
