@@ -21,35 +21,17 @@ from torch import Tensor, nn
 
 from segfm.checkpoints.io import load_file, save_file
 from segfm.checkpoints.sam import plain_tensor
+from segfm.checkpoints.state_dicts import find_tensors, load_strict, prefix_before
 from segfm.errors import CheckpointError
 
 __all__ = ["PARTS", "load_into", "load_official", "save_official", "unwrap_state_dict"]
 
 #: top-level sub-networks of the released files
 PARTS = ("backbone.", "neck.", "read_out_head.", "semantic_head.")
-_WRAPPERS = ("state_dict", "model_state_dict", "model", "module")
-
-
-def _tensors(obj: Any) -> Mapping[str, Any] | None:
-    if not isinstance(obj, Mapping):
-        return None
-    if any(isinstance(v, Tensor) for v in obj.values()):
-        return obj
-    for key in _WRAPPERS:
-        found = _tensors(obj.get(key))
-        if found is not None:
-            return found
-    return None
 
 
 def _prefix(key: str) -> str | None:
-    for part in PARTS:
-        if key.startswith(part):
-            return ""
-        at = key.find("." + part)
-        if at >= 0:
-            return key[: at + 1]
-    return None
+    return prefix_before(key, PARTS)
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -65,7 +47,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]
     Raises:
         CheckpointError: If no anatomical embedding weights (``backbone.*`` ...) are found.
     """
-    tensors = _tensors(obj)
+    tensors = find_tensors(obj)
     prefixes = {p for p in map(_prefix, tensors or {}) if p is not None}
     if tensors is None or not prefixes or ("" not in prefixes and len(prefixes) > 1):
         msg = (
@@ -142,23 +124,10 @@ def load_into(
         source, state = str(path_or_state_dict), load_official(path_or_state_dict)
     else:
         source, state = "state dict", unwrap_state_dict(path_or_state_dict)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    misshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or misshaped:
-        parts = [
-            f"{len(names)} {what} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
-            for what, names in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("misshaped", misshaped),
-            )
-            if names
-        ]
-        msg = (
-            f"{source} does not fit the network: {'; '.join(parts)}; choose the arch of the file "
-            "(sam for SAM.pth, sam_pp / cross_sam for the files with semantic_head.*)"
-        )
-        raise CheckpointError(msg)
-    model.load_state_dict(state, strict=True)
+    load_strict(
+        model,
+        state,
+        source,
+        "choose the arch of the file (sam for SAM.pth, sam_pp / cross_sam for the files with "
+        "semantic_head.*)",
+    )

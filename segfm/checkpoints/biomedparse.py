@@ -23,6 +23,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from segfm.checkpoints.io import load_file, save_file
+from segfm.checkpoints.state_dicts import load_strict
 from segfm.errors import CheckpointError
 
 __all__ = ["LOSS_BUFFERS", "PREFIX", "load_into", "load_official", "save_official"]
@@ -85,26 +86,9 @@ def load_into(model: nn.Module, path_or_state_dict: str | os.PathLike[str] | Map
         source, weights = str(path_or_state_dict), load_official(path_or_state_dict)
     else:
         source, weights = "state dict", _flat(path_or_state_dict, "state dict")
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    misshaped = [k for k, v in expected.items() if k in weights and weights[k].shape != v.shape]
-    if missing or unexpected or misshaped:
-        parts = [
-            f"{len(names)} {label} (e.g. {names[0]})"
-            for label, names in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("misshaped", misshaped),
-            )
-            if names
-        ]
-        msg = (
-            f"{source} does not fit the network: {'; '.join(parts)}; build it with the "
-            "checkpoint's arch (v2 for biomedparse_v2.ckpt)"
-        )
-        raise CheckpointError(msg)
-    model.load_state_dict(weights, strict=True)
+    load_strict(
+        model, weights, source, "build it with the checkpoint's arch (v2 for biomedparse_v2.ckpt)"
+    )
 
 
 def save_official(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: str | Path) -> Path:

@@ -19,42 +19,12 @@ import torch
 from torch import Tensor, nn
 
 from segfm.checkpoints.io import load_file, save_file
+from segfm.checkpoints.state_dicts import WRAPPER_KEYS, find_tensors, load_strict, prefix_before
 from segfm.errors import CheckpointError
 
 NETWORK_PARTS = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
-# Keys of containers that wrap a state dict, tried in this order.
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
 # Buffers some files carry but SAM does not persist.
 STALE_BUFFERS = ("position_ids", "pixel_mean", "pixel_std")
-
-
-def _find_tensors(obj: Any) -> Mapping[str, Any] | None:
-    """The innermost mapping holding tensors, descending through :data:`WRAPPER_KEYS`."""
-    if not isinstance(obj, Mapping):
-        return None
-    if any(isinstance(v, Tensor) for v in obj.values()):
-        return obj
-    for key in WRAPPER_KEYS:
-        found = _find_tensors(obj.get(key))
-        if found is not None:
-            return found
-    return None
-
-
-def _prefix_of(key: str) -> str | None:
-    """What precedes ``image_encoder.`` (or the other parts) in ``key``, if anything does."""
-    for part in NETWORK_PARTS:
-        if key.startswith(part):
-            return ""
-        at = key.find("." + part)
-        if at >= 0:
-            return key[: at + 1]
-    return None
-
-
-def _short(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (", ..." if len(names) > limit else "")
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
@@ -74,7 +44,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]
     Raises:
         CheckpointError: If no SAM weights are found, or several networks are stored.
     """
-    tensors = _find_tensors(obj)
+    tensors = find_tensors(obj)
     if tensors is None:
         keys = list(obj)[:5] if isinstance(obj, Mapping) else type(obj).__name__
         msg = (
@@ -82,7 +52,7 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]
             f"with one of {list(WRAPPER_KEYS)}"
         )
         raise CheckpointError(msg)
-    prefixes = {p for p in map(_prefix_of, tensors) if p is not None}
+    prefixes = {p for k in tensors if (p := prefix_before(k, NETWORK_PARTS)) is not None}
     if not prefixes:
         parts = " / ".join(NETWORK_PARTS)
         msg = f"{source}: no SAM weights (no key contains {parts}); is this a SAM checkpoint?"
@@ -194,27 +164,9 @@ def load_into(
     else:
         source = "state dict"
         state_dict = unwrap_state_dict(path_or_state_dict, source=source)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    misshaped = [
-        f"{k}: checkpoint {list(state_dict[k].shape)} vs network {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and state_dict[k].shape != v.shape
-    ]
-    if missing or unexpected or misshaped:
-        parts = [
-            f"{len(names)} {label} ({_short(names)})"
-            for label, names in (
-                ("missing", missing),
-                ("unexpected", unexpected),
-                ("misshaped", misshaped),
-            )
-            if names
-        ]
-        msg = (
-            f"{source} does not fit the {type(model).__name__} network: {'; '.join(parts)}; "
-            "build the network with the checkpoint's architecture and image size"
-        )
-        raise CheckpointError(msg)
-    model.load_state_dict(state_dict, strict=True)
+    load_strict(
+        model,
+        state_dict,
+        source,
+        "build the network with the checkpoint's architecture and image size",
+    )
