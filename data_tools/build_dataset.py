@@ -36,18 +36,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy import sparse
-from tqdm import tqdm
 
+from data_tools.parallel import run_jobs
 from segfm.data.io.atomic import (
     atomic_path,
     remove_temporaries,
@@ -331,14 +330,11 @@ def build_dataset(
     _check_labels(json_path, labels, code_dir)
     code_dir.mkdir(parents=True, exist_ok=True)
     jobs = [(p, code_dir / p.case, len(names), orientation) for p in pairs]
-    workers = min((os.cpu_count() or 1) if workers is None else workers, len(jobs))
     written: list[str] = []
     skipped: list[str] = []
     try:
-        with multiprocessing.Pool(workers) if workers > 1 else _InProcess() as pool:
-            results: Iterable[tuple[str, bool]] = pool.imap_unordered(_process, jobs)
-            for case, new in tqdm(results, total=len(jobs), disable=not progress, desc=code):
-                (written if new else skipped).append(case)
+        for case, new in run_jobs(_process, jobs, workers, desc=code, progress=progress):
+            (written if new else skipped).append(case)
     finally:
         for _, folder, _, _ in jobs:
             remove_temporaries(folder)
@@ -371,22 +367,6 @@ def build_dataset(
         },
     )
     return Summary(sorted(written), sorted(skipped), train, test)
-
-
-class _InProcess:
-    """Stands in for a process pool when there is one worker."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def imap_unordered(
-        self, fn: Callable[[_Job], tuple[str, bool]], jobs: list[_Job]
-    ) -> Iterator[tuple[str, bool]]:
-        """Run the jobs one after the other."""
-        return map(fn, jobs)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import sparse
-from tqdm import tqdm
 
 from data_tools.felzenszwalb3d import felzenszwalb_3d
+from data_tools.parallel import run_jobs
 from segfm.data.io.atomic import remove_temporaries, save_npy
 from segfm.data.io.json_file import read_json
 from segfm.errors import DataError, SegfmError
@@ -243,27 +241,6 @@ def _run(job: _Job) -> tuple[Path, bool]:
     return case_dir, True
 
 
-def _one_thread() -> None:
-    """Pool initializer: one thread per process, the processes use the cores."""
-    torch.set_num_threads(1)
-
-
-class _InProcess:
-    """Stands in for a process pool when there is one worker."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def imap_unordered(
-        self, fn: Callable[[_Job], tuple[Path, bool]], jobs: list[_Job]
-    ) -> Iterator[tuple[Path, bool]]:
-        """Run the jobs one after the other."""
-        return map(fn, jobs)
-
-
 def build_pseudo_masks(
     root: str | os.PathLike[str],
     codes: str | list[str],
@@ -306,14 +283,10 @@ def build_pseudo_masks(
     codes = [codes] if isinstance(codes, str) else list(codes)
     cases = [case for code in codes for case in find_case_dirs(root, code)]
     jobs = [(case, settings, overwrite) for case in cases]
-    workers = min((os.cpu_count() or 1) if workers is None else workers, len(jobs))
     summary = Summary([], [])
-    pool = multiprocessing.Pool(workers, _one_thread) if workers > 1 else _InProcess()
     try:
-        with pool:
-            results: Iterable[tuple[Path, bool]] = pool.imap_unordered(_run, jobs)
-            for case, written in tqdm(results, total=len(jobs), disable=not progress, desc="cases"):
-                (summary.written if written else summary.skipped).append(case)
+        for case, written in run_jobs(_run, jobs, workers, desc="cases", progress=progress):
+            (summary.written if written else summary.skipped).append(case)
     finally:
         for case in cases:
             remove_temporaries(case)

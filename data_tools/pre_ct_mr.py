@@ -35,17 +35,14 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import multiprocessing
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.ct_mr_ops import (
     WINDOWS,
@@ -57,6 +54,7 @@ from data_tools.ct_mr_ops import (
     resize_label_slice,
     window_ct,
 )
+from data_tools.parallel import run_jobs
 from segfm.data.io.atomic import remove_temporaries, save_json, save_npy, save_npz
 from segfm.data.io.json_file import read_json
 from segfm.data.io.nifti import read_nifti
@@ -198,22 +196,6 @@ def _write_label_names(out: Path, names: dict[int, str], remap: dict[int, int]) 
     save_json(path, dict(sorted(merged.items(), key=lambda kv: int(kv[0]))))
 
 
-class _InProcess:
-    """Stands in for a process pool when there is one worker."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def imap_unordered(
-        self, fn: Callable[[_Job], tuple[str, bool]], jobs: list[_Job]
-    ) -> Iterator[tuple[str, bool]]:
-        """Run the jobs one after the other."""
-        return map(fn, jobs)
-
-
 def _settings(
     modality: str,
     window: str | None,
@@ -331,13 +313,10 @@ def preprocess(
     if meta:
         _write_label_names(out, label_names(meta), settings.remap)
     jobs = [(case, f"{prefix}_{case.case_id}", out, settings, overwrite) for case in cases]
-    workers = min((os.cpu_count() or 1) if workers is None else workers, len(jobs))
     summary = Summary([], [])
     try:
-        with multiprocessing.Pool(workers) if workers > 1 else _InProcess() as pool:
-            results: Iterable[tuple[str, bool]] = pool.imap_unordered(_run, jobs)
-            for name, written in tqdm(results, total=len(jobs), disable=not progress, desc="cases"):
-                (summary.written if written else summary.skipped).append(name)
+        for name, written in run_jobs(_run, jobs, workers, desc="cases", progress=progress):
+            (summary.written if written else summary.skipped).append(name)
     finally:
         for folder in ("imgs", "gts", "npz"):
             remove_temporaries(out / folder)

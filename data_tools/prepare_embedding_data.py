@@ -44,8 +44,6 @@ import argparse
 import csv
 import io
 import json
-import multiprocessing
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,7 +52,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from data_tools.embedding_ops import (
     MAX_HOLE,
@@ -64,6 +61,7 @@ from data_tools.embedding_ops import (
     crop_box,
     reorient,
 )
+from data_tools.parallel import run_jobs
 from segfm.data.io.atomic import remove_temporaries, save_json
 from segfm.data.io.geometry import isotropic_grid, resample
 from segfm.data.io.nifti import read_nifti, write_nifti
@@ -286,13 +284,9 @@ def run(args: argparse.Namespace) -> list[dict[str, str]]:
     )
     worker = {"intra": _intra, "merge-labels": _merge, "ct-mr": _ct_mr}[args.command]
     work = partial(_run_one, worker=worker, options=options)
-    n_proc = min(args.workers or os.cpu_count() or 1, len(jobs))
-    bar = partial(tqdm, total=len(jobs), desc=args.command, unit="case", disable=None)
-    if n_proc <= 1:
-        results = [work(j) for j in bar(jobs)]
-    else:
-        with multiprocessing.Pool(n_proc) as pool:
-            results = list(bar(pool.imap(work, jobs)))
+    results = list(
+        run_jobs(work, jobs, args.workers or None, desc=args.command, progress=None, ordered=True)
+    )
     errors = [r for r in results if isinstance(r, Exception)]
     rows = [r for r in results if not isinstance(r, Exception)]
     if rows:

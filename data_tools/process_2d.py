@@ -33,19 +33,17 @@ Differences from the original, on purpose:
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from tqdm import tqdm
 
+from data_tools.parallel import run_jobs
 from segfm.data.encoding25d import (
     multi_view_axes,
     neighbour_indices,
@@ -197,20 +195,6 @@ def _run(job: _Job) -> _Result:
     return job[0], written, views
 
 
-def _init_worker() -> None:
-    """One torch thread per process: the processes already use every core."""
-    torch.set_num_threads(1)
-
-
-def _results(jobs: list[_Job], workers: int) -> Iterator[_Result]:
-    """Run the jobs on ``workers`` processes (in this one if ``workers <= 1``)."""
-    if workers <= 1:
-        yield from map(_run, jobs)
-        return
-    with multiprocessing.Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap_unordered(_run, jobs)
-
-
 def process(
     data: str | os.PathLike[str],
     datasets: Iterable[str] | None = None,
@@ -253,13 +237,11 @@ def process(
             msg = f"{root / name / 'train'} holds no .npz volume; check --data and --datasets"
             raise DataError(msg)
     jobs = [(c, entries[c.dataset], prompts_file, size, overwrite) for c in cases]
-    workers = min((os.cpu_count() or 1) if workers is None else workers, len(jobs))
     summary = Summary([], [])
     views: dict[tuple[str, int], Annotations] = {}
     raw = read_json(prompts_file, 'write it as {"<DATASET>": {"1": [prompts], ...}}')
     try:
-        results = _results(jobs, workers)
-        for case, written, done in tqdm(results, total=len(jobs), disable=not progress):
+        for case, written, done in run_jobs(_run, jobs, workers, progress=progress):
             (summary.written if written else summary.skipped).append(case.case_id)
             for axis, annotations in done.items():
                 views.setdefault((case.dataset, axis), []).extend(annotations)

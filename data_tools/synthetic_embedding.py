@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import csv
 from collections.abc import Sequence
-from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
-from tqdm import tqdm
 
+from data_tools.parallel import run_jobs
 from segfm.data.io.atomic import atomic_path
 from segfm.data.io.geometry import resample
 from segfm.data.io.nifti import write_nifti
@@ -135,12 +134,7 @@ def build(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(root, i, seed, tuple(shape), texture_period, anatomy_sigma) for i in range(num_cases)]
-    progress = {"desc": "synthetic embedding", "unit": "case", "total": num_cases}
-    if workers is not None and workers <= 1:
-        names = [_write_case(job) for job in tqdm(jobs, **progress)]
-    else:
-        with Pool(workers) as pool:
-            names = list(tqdm(pool.imap(_write_case, jobs), **progress))
+    names = list(run_jobs(_write_case, jobs, workers, desc="synthetic embedding", ordered=True))
     for file, rows in (
         ("index.csv", [["name"], *[[n] for n in names]]),
         ("pairs.csv", [["name", "ct", "mr"], *[[f"p{i}", n, n.replace(".nii", "_mr.nii")]
