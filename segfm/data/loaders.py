@@ -73,12 +73,16 @@ class EpochShuffleSampler(DistributedSampler):
         """This rank's whole order of the current epoch."""
         generator = torch.Generator()
         generator.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.data_source), generator=generator).tolist()
+        order = self.padded(torch.randperm(len(self.data_source), generator=generator).tolist())
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def padded(self, order: list[int]) -> list[int]:
+        """``order`` repeated from its start up to ``total_size`` indices (every rank as many)."""
         if not order:
             return []
         while len(order) < self.total_size:
             order += order[: self.total_size - len(order)]
-        return order[self.rank : self.total_size : self.num_replicas]
+        return order
 
     def __iter__(self) -> Iterator[Any]:
         skip, self._skip = self._skip, 0

@@ -59,8 +59,4 @@ class VolumeChunkSampler(EpochShuffleSampler):
             shuffled = [group[i] for i in torch.randperm(len(group), generator=generator)]
             chunks += [shuffled[i : i + self.chunk] for i in range(0, len(shuffled), self.chunk)]
         order = [i for c in torch.randperm(len(chunks), generator=generator) for i in chunks[c]]
-        if not order:
-            return []
-        while len(order) < self.total_size:
-            order += order[: self.total_size - len(order)]
-        return order[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+        return self.padded(order)[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
