@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
 T = TypeVar("T")
 
@@ -125,16 +125,28 @@ class SeededDataset(Dataset[T]):
             return self.dataset[key]
         index, epoch = key
         entropy = [self.seed, epoch, index]
-        python_state, numpy_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-            np.random.seed(np.random.SeedSequence([*entropy, 1]).generate_state(4))
-            random.seed(int(np.random.SeedSequence([*entropy, 2]).generate_state(1)[0]))
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(python_state)
-                np.random.set_state(numpy_state)
+        if get_worker_info() is not None:  # a loader worker: only samples draw from its generators
+            _seed_generators(entropy)
+            return self.dataset[index]
+        saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        _seed_generators(entropy)
+        try:
+            return self.dataset[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def _seed_generators(entropy: list[int]) -> None:
+    """Seed Python's, numpy's and torch's CPU generators from ``entropy``.
+
+    Only torch's CPU generator: ``torch.manual_seed`` also queues the seeding of every
+    accelerator, recording a stack trace each time, which costs more than loading a small slice.
+    """
+    torch.default_generator.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+    np.random.seed(np.random.SeedSequence([*entropy, 1]).generate_state(4))
+    random.seed(int(np.random.SeedSequence([*entropy, 2]).generate_state(1)[0]))
 
 
 class _EpochCounting(Sampler[Any]):

@@ -145,7 +145,8 @@ def read_slice(files: SliceFiles) -> tuple[np.ndarray, np.ndarray]:
             label is ``(H, W)`` of an integer type.
 
     Returns:
-        The image float32 ``[3, H, W]`` in [0, 1] and the label int64 ``[1, H, W]``.
+        The image float32 ``[3, H, W]`` in [0, 1] (a strided view of the file's ``(H, W, 3)``
+        array) and the label int64 ``[1, H, W]``.
 
     Raises:
         DataError: If a file is unreadable or has the wrong shape, type or value range.
@@ -157,13 +158,13 @@ def read_slice(files: SliceFiles) -> tuple[np.ndarray, np.ndarray]:
         msg = f"{files.image} has shape {image.shape}; slices must be (H, W, 3) or (H, W)"
         raise DataError(msg)
     if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255
+        image = np.divide(image, np.float32(255), dtype=np.float32)
     elif np.issubdtype(image.dtype, np.floating):
         low, high = float(image.min()), float(image.max())
         if not (low >= -1e-3 and high <= 1 + 1e-3):  # also true for NaN
             msg = f"{files.image} holds values in [{low:g}, {high:g}]; float slices need [0, 1]"
             raise DataError(msg)
-        image = image.astype(np.float32)
+        image = image.astype(np.float32, copy=False)
     else:
         msg = f"{files.image} has dtype {image.dtype}; store uint8, or floats in [0, 1]"
         raise DataError(msg)
@@ -173,7 +174,8 @@ def read_slice(files: SliceFiles) -> tuple[np.ndarray, np.ndarray]:
     if label.shape != image.shape[:2]:
         msg = f"{files.label} has shape {label.shape} but {files.image} has {image.shape}; {_REDO}"
         raise DataError(msg)
-    return np.ascontiguousarray(image.transpose(2, 0, 1)), label[None].astype(np.int64)
+    # a channels-first view: the batch's stack makes the one copy
+    return image.transpose(2, 0, 1), label[None].astype(np.int64)
 
 
 def _open_npz(path: Path) -> Any:
