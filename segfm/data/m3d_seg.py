@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence, Sized
+from collections.abc import Iterator, Mapping, Sequence, Sized
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import (
     Compose,
     CropForegroundd,
@@ -20,6 +21,7 @@ from monai.transforms import (
     RandShiftIntensityd,
     Resized,
     SpatialPadd,
+    Transform,
 )
 from torch.utils.data import DataLoader, Dataset
 
@@ -43,7 +45,42 @@ from segfm.errors import ConfigError, DataError
 def min_max(image: np.ndarray) -> np.ndarray:
     """SegVol's ``MinMaxNormalization``: shift to 0 and divide by the maximum (at least 1e-8)."""
     image = image - image.min()
-    return (image / max(float(image.max()), 1e-8)).astype(np.float32)
+    image /= max(float(image.max()), 1e-8)
+    return image.astype(np.float32, copy=False)
+
+
+class ResizeScale(Transform):
+    """Multiply ``data["scale"]`` by the zoom per axis of a resize of ``data["image"]`` to ``size``.
+
+    Placed before each resize, it gives the voxel size of the output without MONAI's metadata
+    (an affine per tensor, updated by every transform), which costs a third of the augmentation
+    time of a small crop.
+
+    Args:
+        size: The spatial size the next resize gives.
+    """
+
+    def __init__(self, size: Sequence[int]) -> None:
+        self.size = torch.tensor(size, dtype=torch.float64)
+
+    def __call__(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of ``data`` with its ``scale`` (ones if absent) times the zoom."""
+        out = dict(data)
+        shape = torch.tensor(out["image"].shape[1:], dtype=torch.float64)
+        out["scale"] = out.get("scale", torch.ones(len(self.size), dtype=torch.float64))
+        out["scale"] = out["scale"] * shape / self.size
+        return out
+
+
+@contextmanager
+def untracked_meta() -> Iterator[None]:
+    """Run MONAI transforms on plain tensors (no metadata), then restore the global setting."""
+    tracked = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(tracked)
 
 
 def training_transform(
@@ -55,7 +92,8 @@ def training_transform(
     either a resize to ``spatial_size`` or a random crop centred on the label's foreground with
     probability 2/3 (one or the other at even odds), flips per axis, intensity scale and shift,
     and a final resize. Labels are resized by nearest neighbour; SegVol resizes them with
-    ``area`` interpolation, which blends class ids into values of no class.
+    ``area`` interpolation, which blends class ids into values of no class. The output's
+    ``scale`` (absent when nothing was resized) is the zoom of the voxel size per axis.
     """
     keys = ["image", "label", "pseudo_label"] if pseudo else ["image", "label"]
     modes = ["area"] + ["nearest-exact"] * (len(keys) - 1)
@@ -69,7 +107,7 @@ def training_transform(
             *pads,
             OneOf(
                 [
-                    Resized(keys, size, mode=modes),
+                    Compose([ResizeScale(size), Resized(keys, size, mode=modes)]),
                     RandCropByPosNegLabeld(
                         keys, "label", size, pos=2, neg=1, image_key="image", image_threshold=0
                     ),
@@ -79,6 +117,7 @@ def training_transform(
             *[RandFlipd(keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],
             RandScaleIntensityd("image", factors=0.1, prob=intensity_prob),
             RandShiftIntensityd("image", offsets=0.1, prob=intensity_prob),
+            ResizeScale(size),
             Resized(keys, size, mode=modes),
         ]
     )
@@ -150,9 +189,8 @@ class M3DSegDataset(Dataset[Sample]):
             sample["label"] = torch.from_numpy(label)[None]
             sample["spacing"] = torch.from_numpy(spacing).float()
             return sample
-        affine = torch.diag(torch.tensor([*spacing.tolist(), 1.0], dtype=torch.float64))
         data: dict[str, Any] = {
-            "image": MetaTensor(torch.from_numpy(min_max(image))[None], affine=affine),
+            "image": torch.from_numpy(min_max(image))[None],
             "label": torch.from_numpy(label)[None],
         }
         if self.pseudo:
@@ -160,11 +198,12 @@ class M3DSegDataset(Dataset[Sample]):
         # MONAI draws from per-transform generators: reseed them from torch's, which the loader
         # seeds per sample and epoch (SeededDataset), so workers differ and epochs replay
         self.transform.set_random_state(int(torch.randint(2**31, ())))
-        out = self.transform(data)
+        with untracked_meta():
+            out = self.transform(data)
         out = out[0] if isinstance(out, list) else out
-        sample["image"] = out["image"].as_tensor().float()
+        sample["image"] = torch.as_tensor(out["image"]).float()
         sample["label"] = torch.as_tensor(out["label"]).round().long()
-        sample["spacing"] = torch.linalg.norm(out["image"].affine[:3, :3], dim=0).float()
+        sample["spacing"] = (torch.from_numpy(spacing) * out.get("scale", 1.0)).float()
         if self.pseudo:
             pseudo = torch.as_tensor(out["pseudo_label"]).round().long()
             sample["pseudo_label"] = torch.from_numpy(cleanse_pseudo_mask(pseudo[0].numpy()))[None]

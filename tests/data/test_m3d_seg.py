@@ -257,6 +257,39 @@ def test_transform_never_blends_label_ids() -> None:
         assert set(np.unique(np.asarray(out["pseudo_label"])).tolist()) <= {5.0, 9.0}
 
 
+def test_spacing_without_metadata_matches_monai_affine() -> None:
+    # the voxel size from ResizeScale equals the one MONAI's tracked affine gives, on both the
+    # resize and the crop branch (seeds 0-7 take both)
+    from monai.data import MetaTensor
+
+    from segfm.data.m3d_seg import untracked_meta
+
+    label = np.zeros((1, 20, 50, 40), dtype=np.int64)
+    label[0, 4:16, 10:37, 8:30] = 1
+    image = np.random.default_rng(1).random((1, 20, 50, 40)).astype(np.float32) + 0.1
+    image[:, :2] = 0  # a background margin for the foreground crop
+    spacing = torch.tensor([2.5, 0.8, 0.7], dtype=torch.float64)
+    affine = torch.diag(torch.cat([spacing, torch.ones(1, dtype=torch.float64)]))
+    transform = training_transform(SMALL, pseudo=False, flip_prob=0.5, intensity_prob=0.0)
+    scales = set()
+    for seed in range(8):
+        transform.set_random_state(seed)
+        tracked = transform(
+            {"image": MetaTensor(torch.from_numpy(image), affine=affine), "label": label}
+        )
+        transform.set_random_state(seed)
+        with untracked_meta():
+            plain = transform({"image": torch.from_numpy(image), "label": label})
+        tracked = tracked[0] if isinstance(tracked, list) else tracked
+        plain = plain[0] if isinstance(plain, list) else plain
+        want = torch.linalg.norm(tracked["image"].affine[:3, :3], dim=0)
+        got = spacing * plain.get("scale", 1.0)
+        torch.testing.assert_close(got, want)
+        assert torch.equal(torch.as_tensor(plain["image"]), tracked["image"].as_tensor())
+        scales.add(tuple(got.tolist()))
+    assert len(scales) >= 2  # both branches were taken
+
+
 def test_test_samples_are_whole_volumes(root: Path) -> None:
     module = _module(root)
     module.setup("test")
