@@ -21,7 +21,11 @@ On a dataset made by ``data_tools.synthetic``:
   ``data_tools.build_dataset`` over the synthetic CT, against ``np.load`` of ``image.npy`` and
   ``scipy.sparse.load_npz`` of the mask in one process.
 
-``ratio`` is segfm / raw read (goal >= 0.9). Each row runs in a fresh process.
+Each module is measured twice: loading in the main process (``num_workers=0``: the work per
+sample, reading included) and with 2 loader workers. The row "loader alone" sends the npy
+module's samples from memory through the same 2-worker loader: no reading and no work, only
+collation and the transfer between processes, the most any module can deliver on the machine.
+``ratio`` is segfm with 2 workers / raw read (goal >= 0.9). Each row runs in a fresh process.
 """
 
 from __future__ import annotations
@@ -53,10 +57,20 @@ def _loader_rate(module: object, epochs: int = 2) -> float:
     return count / (time.perf_counter() - start)
 
 
+WORKERS = 2  # loader processes of the module measurements; "<kind>@0" loads in the main process
+
+
 def worker(kind: str, root: str, out: str) -> dict[str, float]:
     """One measurement (runs in a fresh process)."""
+    global WORKERS
     import nibabel as nib
     import numpy as np
+
+    if "@" in kind:
+        kind, workers = kind.split("@")
+        WORKERS = int(workers)
+    if kind == "ceiling":
+        return _ceiling(root)
 
     if kind.startswith("pre_ct_mr"):
         from data_tools.pre_ct_mr import preprocess
@@ -76,7 +90,7 @@ def worker(kind: str, root: str, out: str) -> dict[str, float]:
     if kind == "npy_module":
         from segfm.data import NpySliceDataModule
 
-        module = NpySliceDataModule(root, batch_size=8, num_workers=2, val_fraction=0.0)
+        module = NpySliceDataModule(root, batch_size=8, num_workers=WORKERS, val_fraction=0.0)
         module.setup("fit")
         return {"rate": _loader_rate(module)}
     if kind == "nifti_raw":
@@ -93,7 +107,7 @@ def worker(kind: str, root: str, out: str) -> dict[str, float]:
         module = NnUNetDataModule(
             root,
             batch_size=2,
-            num_workers=2,
+            num_workers=WORKERS,
             patch_size=64,
             val_fraction=0.0,
             test_fraction=0.0,
@@ -109,6 +123,30 @@ def worker(kind: str, root: str, out: str) -> dict[str, float]:
         return _m3d(kind[4:], root)
     msg = f"unknown measurement {kind}"
     raise ValueError(msg)
+
+
+class _InMemory:
+    """``length`` samples, cycling through a few held in memory (no reading, no work)."""
+
+    def __init__(self, samples: list[dict], length: int) -> None:
+        self.samples, self.length = samples, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        return self.samples[index % len(self.samples)]
+
+
+def _ceiling(root: str) -> dict[str, float]:
+    """The loader alone: npy slice samples, from memory, through the same training loader."""
+    from segfm.data import NpySliceDataModule
+
+    module = NpySliceDataModule(root, batch_size=8, num_workers=WORKERS, val_fraction=0.0)
+    module.setup("fit")
+    train = module.datasets["train"]
+    module.datasets["train"] = _InMemory([train[i] for i in range(8)], len(train))
+    return {"rate": _loader_rate(module)}
 
 
 def _biomedparse(kind: str, root: str) -> dict[str, float]:
@@ -140,7 +178,7 @@ def _biomedparse(kind: str, root: str) -> dict[str, float]:
         _, cache, chunk = kind.split("_")
         options = {"source": "npz", "cache_volumes_mb": int(cache), "volume_chunk": int(chunk)}
     module = BiomedParseDataModule(
-        root, batch_size=8, num_workers=2, size=512, val_ratio=0, augment=False, **options
+        root, batch_size=8, num_workers=WORKERS, size=512, val_ratio=0, augment=False, **options
     )
     module.setup("fit")
     return {"rate": _loader_rate(module)}
@@ -166,12 +204,28 @@ def _m3d(kind: str, root: str) -> dict[str, float]:
         root,
         ["0000"],
         batch_size=2,
-        num_workers=2,
+        num_workers=WORKERS,
         spatial_size=(32, 128, 128),
         use_pseudo_masks=False,
     )
     module.setup("fit")
     return {"rate": _loader_rate(module)}
+
+
+def _row(name: str, kind: str, root: str, out: str, raw: dict, note: str) -> list[str]:
+    """One data module row: the module in the main process and with 2 workers, against raw."""
+    inline = run_isolated(__file__, ["--worker", f"{kind}@0", root, out])
+    workers = run_isolated(__file__, ["--worker", f"{kind}@2", root, out])
+    if "setup_s" in workers:
+        note += f"; first epoch adds setup {workers['setup_s']:.1f} s"
+    return [
+        name,
+        f"{raw['rate']:.1f}",
+        f"{inline['rate']:.1f}",
+        f"{workers['rate']:.1f}",
+        f"{workers['rate'] / raw['rate']:.2f}",
+        note,
+    ]
 
 
 def _biomedparse_rows(tmp: Path, cases: int) -> list[list[str]]:
@@ -181,31 +235,20 @@ def _biomedparse_rows(tmp: Path, cases: int) -> list[list[str]]:
 
     root = str(make_dataset(tmp / "bmp", num_cases=max(1, cases // 2), num_test=0))
     process(root, size=512, workers=2, progress=False)
-
-    def run(kind: str) -> dict[str, float]:
-        return run_isolated(__file__, ["--worker", f"bmp_{kind}", root, ""])
-
-    raw_npz, raw_png = run("raw_npz"), run("raw_png")
+    raw_npz = run_isolated(__file__, ["--worker", "bmp_raw_npz", root, ""])
+    raw_png = run_isolated(__file__, ["--worker", "bmp_raw_png", root, ""])
+    npz_note = f"raw: np.load of imgs + gts, per slice ({raw_npz['items']:.0f} slices)"
+    png_note = f"raw: Pillow read of the PNGs ({raw_png['items']:.0f} slices)"
     variants = [
-        ("npz, no cache (every slice decodes its volume)", "npz_0_1", raw_npz),
-        ("npz, volume cache 512 MiB per worker", "npz_512_1", raw_npz),
-        ("npz, volume cache + volume_chunk 4", "npz_512_4", raw_npz),
-        ("processed PNGs", "processed", raw_png),
+        ("npz, no cache (every slice decodes its volume)", "npz_0_1", raw_npz, npz_note),
+        ("npz, volume cache 512 MiB per worker", "npz_512_1", raw_npz, npz_note),
+        ("npz, volume cache + volume_chunk 4", "npz_512_4", raw_npz, npz_note),
+        ("processed PNGs", "processed", raw_png, png_note),
     ]
-    rows = []
-    for name, kind, raw in variants:
-        rate = run(kind)["rate"]
-        source = "np.load of imgs + gts, per slice" if raw is raw_npz else "Pillow read of PNGs"
-        rows.append(
-            [
-                f"BiomedParseDataModule, 512 px slices, {name}",
-                f"{raw['rate']:.0f}",
-                f"{rate:.0f}",
-                f"{rate / raw['rate']:.2f}",
-                f"raw: {source} ({raw['items']:.0f} slices), one process",
-            ]
-        )
-    return rows
+    return [
+        _row(f"BiomedParseDataModule, 512 px slices, {name}", f"bmp_{kind}", root, "", raw, note)
+        for name, kind, raw, note in variants
+    ]
 
 
 def _m3d_rows(tmp: Path, raw: Path) -> list[list[str]]:
@@ -219,16 +262,8 @@ def _m3d_rows(tmp: Path, raw: Path) -> list[list[str]]:
     )
     root = str(tmp / "m3d")
     base = run_isolated(__file__, ["--worker", "m3d_raw", root, ""])
-    module = run_isolated(__file__, ["--worker", "m3d_module", root, ""])
-    return [
-        [
-            "M3DSegDataModule, 32x128x128 crops",
-            f"{base['rate']:.1f}",
-            f"{module['rate']:.1f}",
-            f"{module['rate'] / base['rate']:.2f}",
-            f"raw: np.load + sparse.load_npz ({base['items']:.0f} cases), one process",
-        ]
-    ]
+    note = f"raw: np.load + sparse.load_npz ({base['items']:.0f} cases)"
+    return [_row("M3DSegDataModule, 32x128x128 crops", "m3d_module", root, "", base, note)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -249,11 +284,35 @@ def main(argv: list[str] | None = None) -> None:
         two = run_isolated(__file__, ["--worker", "pre_ct_mr_2", str(raw), f"{tmp}/npy2"])
         npy = f"{tmp}/npy1"
         npy_raw = run_isolated(__file__, ["--worker", "npy_raw", npy, ""])
-        npy_mod = run_isolated(__file__, ["--worker", "npy_module", npy, ""])
         nii_raw = run_isolated(__file__, ["--worker", "nifti_raw", str(raw), ""])
-        nii_mod = run_isolated(__file__, ["--worker", "nnunet_module", str(raw), f"{tmp}/cache"])
-        bmp = _biomedparse_rows(Path(tmp), cases)
-        m3d = _m3d_rows(Path(tmp), raw)
+        rows = [
+            _row(
+                "NpySliceDataModule, 256 px slices",
+                "npy_module",
+                npy,
+                "",
+                npy_raw,
+                f"raw: np.load of image + mask ({npy_raw['items']:.0f} slices)",
+            ),
+            _row(
+                "loader alone: the same samples from memory",
+                "ceiling",
+                npy,
+                "",
+                npy_raw,
+                "no reading, no work: what the loader itself delivers",
+            ),
+            _row(
+                "NnUNetDataModule, 64³ crops at 1.5 mm, cached",
+                "nnunet_module",
+                str(raw),
+                f"{tmp}/cache",
+                nii_raw,
+                f"raw: nibabel decode of image + label ({cases} cases)",
+            ),
+            *_biomedparse_rows(Path(tmp), cases),
+            *_m3d_rows(Path(tmp), raw),
+        ]
     tools = markdown_table(
         ["tool", "1 process slices/s", "2 processes slices/s", "scaling 1 -> 2"],
         [
@@ -265,28 +324,9 @@ def main(argv: list[str] | None = None) -> None:
             ]
         ],
     )
-    loading = markdown_table(
-        ["data module (2 workers)", "raw read /s", "segfm samples/s", "ratio", "note"],
-        [
-            [
-                "NpySliceDataModule, 256 px slices",
-                f"{npy_raw['rate']:.0f}",
-                f"{npy_mod['rate']:.0f}",
-                f"{npy_mod['rate'] / npy_raw['rate']:.2f}",
-                "raw: np.load of image + mask, one process",
-            ],
-            [
-                "NnUNetDataModule, 64³ crops at 1.5 mm, cached",
-                f"{nii_raw['rate']:.1f}",
-                f"{nii_mod['rate']:.1f}",
-                f"{nii_mod['rate'] / nii_raw['rate']:.2f}",
-                f"raw: nibabel decode of image + label; first epoch adds setup "
-                f"{nii_mod['setup_s']:.1f} s ({cases} cases)",
-            ],
-            *bmp,
-            *m3d,
-        ],
-    )
+    header = ["data module", "raw read /s (1 process)", "segfm /s, main process"]
+    header += ["segfm /s, 2 workers", "ratio (2 workers / raw)", "note"]
+    loading = markdown_table(header, rows)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"{cases} synthetic cases; load average at the end: {load}\n")
     print(tools + "\n\n" + loading)

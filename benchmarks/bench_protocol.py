@@ -8,7 +8,9 @@ sizes. Each method (released architecture, random weights: the time does not dep
 runs the whole protocol (a box step and five click steps) in a fresh process; the table gives
 the seconds per class and step (the challenge allows 90) and for the whole case. There is no
 official implementation of the protocol to compare with, so the ``ratio`` column compares each
-method's slowest step with the 90 s limit.
+method's slowest step with the 90 s limit. Each method runs in fp32 and again under
+``torch.autocast("cpu", torch.bfloat16)`` (``--fp32-only`` skips that); the DSC of the box step
+and of the last click step show what bf16 changes (random weights: the DSC only compares runs).
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def case() -> tuple[torch.Tensor, torch.Tensor]:
     return image, label
 
 
-def worker(method: str, quick: bool) -> None:
-    """Run the protocol once with one method and print its JSON."""
+def worker(method: str, quick: bool, bf16: bool = False) -> None:
+    """Run the protocol once with one method (under bf16 autocast) and print its JSON."""
     from segfm.evaluation.interactive import run_interactive
     from segfm.methods import MedSAM, SAMMed3D
     from segfm.prompts import volume_boxes
@@ -59,7 +61,7 @@ def worker(method: str, quick: bool) -> None:
     model.eval()
     image, label = case()
     boxes = volume_boxes(label, sorted(CLASSES))
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         result = run_interactive(
             model.segment_interactive, image, label, (1.5, 1.0, 1.0), boxes, num_clicks=5
         )
@@ -80,30 +82,38 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny networks (smoke test)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--fp32-only", action="store_true", help="skip the rows under bf16 autocast"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.quick)
+        worker(args.worker, args.quick, args.bf16)
         return
     rows = []
     n = len(CLASSES)
-    for method in args.methods:
-        out = run_isolated(__file__, ["--worker", method, *(["--quick"] if args.quick else [])])
+    runs = [(m, False) for m in args.methods]
+    runs += [] if args.fp32_only else [(m, True) for m in args.methods]
+    for method, bf16 in runs:
+        flags = [*(["--quick"] if args.quick else []), *(["--bf16"] if bf16 else [])]
+        out = run_isolated(__file__, ["--worker", method, *flags])
         steps = out["steps"]
         per_class = [s / n for s in steps]
         rows.append(
             [
-                method + (" (tiny)" if args.quick else ""),
+                method + (" (tiny)" if args.quick else "") + (", bf16 autocast" if bf16 else ""),
                 f"{per_class[0]:.2f}",
                 f"{sum(per_class[1:]) / len(per_class[1:]):.2f}",
                 f"{max(per_class):.2f}",
                 f"{sum(steps):.1f}",
                 f"{max(per_class) / LIMIT:.3f}",
                 f"{out['peak_rss_mib']:.0f}",
+                f"{out['dsc'][0]:.4f} / {out['dsc'][-1]:.4f}",
             ]
         )
     header = ["method", "box step s/class", "click step s/class", "slowest s/class"]
-    header += ["case total s", "ratio (slowest / 90 s)", "peak MiB"]
+    header += ["case total s", "ratio (slowest / 90 s)", "peak MiB", "DSC box / last click"]
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"case {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, {n} classes, 1 box step + 5 click steps; ")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load}\n")

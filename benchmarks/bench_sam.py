@@ -7,6 +7,9 @@ Every cell is measured in a fresh process with the same weights loaded into both
 ``forward`` under ``torch.no_grad`` (image encoder, prompt encoder and mask decoder on one box),
 ``forward+backward`` with gradients of all parameters, ``encoder, 4 images`` the image encoder
 alone under ``torch.no_grad`` on a batch of four (how MedSAM's volume inference encodes slices).
+The ``bf16 autocast`` passes run both networks under ``torch.autocast("cpu", torch.bfloat16)``
+(fast where the CPU has AMX or AVX-512 BF16; ``segfm test --trainer.precision bf16-mixed`` runs
+inference so); the relative error of their mask logits against fp32 goes to stderr.
 Times are medians of the timed repeats.
 """
 
@@ -33,7 +36,13 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "image_size": 1024,
         "warmup": 1,
         "repeats": 2,
-        "modes": ("forward", "forward+backward", "encoder, 4 images"),
+        "modes": (
+            "forward",
+            "forward+backward",
+            "encoder, 4 images",
+            "forward, bf16 autocast",
+            "encoder, 4 images, bf16 autocast",
+        ),
     },
     "tiny 128px": {"arch": "tiny", "image_size": 128, "warmup": 3, "repeats": 10},
 }
@@ -87,8 +96,19 @@ def worker(impl: str, name: str, mode: str, weights: str) -> None:
         with torch.no_grad():
             model.image_encoder(images)
 
-    fn = {"forward": forward, "forward+backward": forward_backward}.get(mode, encode_batch)
-    print(json.dumps(time_calls(fn, config["warmup"], config["repeats"])))
+    base = mode.removesuffix(", bf16 autocast")
+    fn = {"forward": forward, "forward+backward": forward_backward}.get(base, encode_batch)
+    if base == mode:
+        print(json.dumps(time_calls(fn, config["warmup"], config["repeats"])))
+        return
+    with torch.no_grad():
+        want = run()[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = time_calls(fn, config["warmup"], config["repeats"])
+        with torch.no_grad():
+            got = run()[0].float()
+    result["rel_error"] = float((got - want).norm() / want.norm())  # of the mask logits
+    print(json.dumps(result))
 
 
 def make_weights(name: str, path: str) -> None:
@@ -110,6 +130,9 @@ def measure(name: str, weights: Path) -> list[list[str]]:
         cpu = f"CPU s {off['median_cpu_s']:.3f} / {ours['median_cpu_s']:.3f}"
         walls = f"official {off['seconds']} segfm {ours['seconds']}"
         print(f"{name} {mode}: wall s {walls}; {cpu}", file=sys.stderr)
+        if "rel_error" in ours:
+            errors = f"official {off['rel_error']:.1e}, segfm {ours['rel_error']:.1e}"
+            print(f"{name} {mode}: mask-logit error against fp32, {errors}", file=sys.stderr)
         rows.append(
             [
                 name,

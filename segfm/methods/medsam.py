@@ -313,8 +313,8 @@ class MedSAM(BaseTask):
             boxes=None if boxes is None else boxes * scale.repeat(2),
             multimask_output=False,
         )
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(logits)[:, 0]
+        logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(logits)[:, 0].float()  # float32 under bf16 autocast too
 
     @torch.no_grad()
     def segment_interactive(
