@@ -107,6 +107,24 @@ def test_propagation_stays_inside_the_class_slice_range(method):
     assert torch.equal(seg, label)
 
 
+def test_segment_volume_under_bf16_autocast(method):
+    # `segfm test --trainer.precision bf16-mixed`: the real tiny network decodes in bf16, the
+    # probability maps stay float32, and the result is close to the fp32 one
+    torch.manual_seed(0)
+    volume = torch.rand(5, 32, 32)
+    label = torch.zeros(5, 32, 32, dtype=torch.long)
+    label[1:4, 6:20, 8:24] = 1
+    boxes = volume_boxes(label, [1])
+    probs_fp32 = method._decode_slices(method._encode_slices(volume, [2])[2], None, (32, 32))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        seg = method.segment_volume(volume, boxes)
+        method._slice_cache = None
+        probs = method._decode_slices(method._encode_slices(volume, [2])[2], None, (32, 32))
+    assert seg.shape == label.shape and seg.dtype == torch.long
+    assert probs.dtype == torch.float32
+    assert (probs - probs_fp32).abs().max() < 0.05
+
+
 def test_interactive_clicks_change_only_their_slices(method):
     from segfm.evaluation.interactive import ClassPrompt
 
