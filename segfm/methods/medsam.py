@@ -47,9 +47,7 @@ class MedSAM(BaseTask):
         mask_threshold: Probability above which a pixel is foreground.
         propagation_margin: Pixels added on each side of the previous slice's box.
         nsd_tolerance: NSD tolerance in mm.
-        encode_batch_size: Slices encoded together during volume inference; ``None``: 1 on
-            CPU (a batch's global attention outgrows the caches: 1.5x slower per slice at
-            1024 px in ``benchmarks/bench_sam.py``), 8 on accelerators.
+        encode_batch_size: Slices encoded together during volume inference.
         save_predictions: Write predicted volumes as NIfTI during test / predict.
         num_overlays: Cases for which an overlay PNG is written during test / predict.
         lr: AdamW learning rate.
@@ -77,7 +75,7 @@ class MedSAM(BaseTask):
         mask_threshold: float = 0.5,
         propagation_margin: int = 3,
         nsd_tolerance: float = 2.0,
-        encode_batch_size: int | None = None,
+        encode_batch_size: int = 8,
         save_predictions: bool = True,
         num_overlays: int = 4,
         lr: float = 1e-4,
@@ -93,9 +91,6 @@ class MedSAM(BaseTask):
             raise ValueError(msg)
         if targets_per_image < 1:
             msg = f"targets_per_image must be >= 1, got {targets_per_image}"
-            raise ValueError(msg)
-        if encode_batch_size is not None and encode_batch_size < 1:
-            msg = f"encode_batch_size must be >= 1 or None, got {encode_batch_size}"
             raise ValueError(msg)
         if not 0.0 < mask_threshold < 1.0:
             msg = f"mask_threshold must be in (0, 1), got {mask_threshold}"
@@ -286,7 +281,7 @@ class MedSAM(BaseTask):
             cached = self._slice_cache = (weakref.ref(volume), key, {})
         slices: dict[int, Tensor] = cached[2]
         missing = [z for z in zs if z not in slices]
-        step = self.hparams["encode_batch_size"] or (1 if volume.device.type == "cpu" else 8)
+        step = self.hparams["encode_batch_size"]
         for i in range(0, len(missing), step):
             chunk = missing[i : i + step]
             emb = self.model.encode(self.preprocess_slices(volume[chunk]))
