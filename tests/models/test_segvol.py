@@ -172,3 +172,22 @@ def test_box_corners_and_text_token_order() -> None:
     torch.testing.assert_close(sparse[:, 0], corners[:, 0] + encoder.point_embeddings[2].weight)
     torch.testing.assert_close(sparse[:, 1], corners[:, 1] + encoder.point_embeddings[3].weight)
     torch.testing.assert_close(sparse[:, 2], text)
+
+
+def test_image_encoder_sdpa_equals_monai_attention() -> None:
+    # the encoder runs attention through SDPA; MONAI's own einsum path is the reference
+    from monai.networks.nets import ViT
+
+    from segfm.models.segvol.image_encoder import SegVolViT
+
+    torch.manual_seed(0)
+    ours = SegVolViT((8, 32, 32), (4, 8, 8), hidden_size=48, mlp_dim=96, num_layers=2, num_heads=4)
+    monai_vit = ViT(1, (8, 32, 32), (4, 8, 8), 48, 96, 2, 4, proj_type="perceptron", qkv_bias=False)
+    missing, unexpected = monai_vit.load_state_dict(ours.state_dict(), strict=False)
+    assert not unexpected and all("norm_cross_attn" in k for k in missing)
+    assert all(block.attn.use_flash_attention for block in ours.blocks)
+    assert not any(block.attn.use_flash_attention for block in monai_vit.blocks)
+    x = torch.randn(2, 1, 8, 32, 32)
+    tokens, _ = monai_vit.eval()(x)
+    want = tokens.transpose(1, 2).reshape(2, 48, 2, 4, 4)
+    torch.testing.assert_close(ours.eval()(x), want, atol=1e-5, rtol=1e-5)
