@@ -173,7 +173,7 @@ def infer_worker(
 
 def make_inputs(size: str, weights: str, clip: str) -> None:
     """Seeded weights and a tiny CLIP tokenizer (in a child: no measurement sees this memory)."""
-    from tests.models.segvol_text import write_tiny_clip
+    from data_tools.tiny_clip import write_tiny_clip
 
     write_tiny_clip(Path(clip))
     torch.manual_seed(0)
