@@ -82,7 +82,8 @@ def surface_dice(
         return 0.0
     onehot_p = torch.stack([~p, p])[None].float()
     onehot_g = torch.stack([~g, g])[None].float()
-    with warnings.catch_warnings():
+    # scores run inside a bf16-mixed test step too; MONAI's edge stacking fails under autocast
+    with warnings.catch_warnings(), torch.autocast(p.device.type, enabled=False):
         # MONAI passes one of its own deprecated arguments internally (monai 1.5-1.6)
         warnings.simplefilter("ignore", FutureWarning)
         value = compute_surface_dice(
@@ -152,7 +153,7 @@ def hd95(
         return 0.0
     if has_p != has_g:
         return math.inf
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.autocast(p.device.type, enabled=False):
         warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecated argument
         value = compute_hausdorff_distance(
             p[None, None].float(),

@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from segfm.evaluation.metrics import (
     case_scores,
@@ -199,3 +200,18 @@ def test_semantic_scores_perfect_and_class_subset():
     s = semantic_case_scores(gt, gt, (2.0, 1.0, 1.0), [2])
     assert list(s["classes"]) == [2]
     assert s["dsc"] == 1.0 and s["nsd"] == 1.0
+
+
+def test_scores_inside_bf16_autocast_equal_fp32():
+    # a test step under --trainer.precision bf16-mixed computes its scores under autocast
+    from segfm.evaluation.metrics import hd95, surface_dice
+
+    pred = torch.zeros(12, 16, 16, dtype=torch.bool)
+    gt = torch.zeros(12, 16, 16, dtype=torch.bool)
+    pred[2:9, 3:11, 4:12] = True
+    gt[3:10, 4:12, 4:13] = True
+    spacing = (2.0, 1.0, 0.8)
+    want = surface_dice(pred, gt, spacing), hd95(pred, gt, spacing)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = surface_dice(pred, gt, spacing), hd95(pred, gt, spacing)
+    assert got == want and 0 < want[0] < 1
