@@ -136,9 +136,16 @@ class BiomedParse(nn.Module):
                 f"images and {text.shape[1]} prompts"
             )
             raise ValueError(msg)
-        mask_features = features.mask_features.repeat_interleave(counts, dim=0)
-        multi_scale = [f.repeat_interleave(counts, dim=0) for f in features.multi_scale]
-        masks, existence = self.sem_seg_head.predictor(multi_scale, mask_features, text, generator)
+        mask_features, multi_scale = features.mask_features, features.multi_scale
+        prompts = int(counts[0]) if counts.numel() else 1
+        if prompts == 0 or bool((counts != prompts).any()):
+            # unequal counts: a copy of the image's features per prompt, as the original does
+            mask_features = mask_features.repeat_interleave(counts, dim=0)
+            multi_scale = [f.repeat_interleave(counts, dim=0) for f in multi_scale]
+            prompts = 1
+        masks, existence = self.sem_seg_head.predictor(
+            multi_scale, mask_features, text, generator, prompts_per_image=prompts
+        )
         edges = None
         if self.edge_queries:
             edges = masks[:, -self.edge_queries :].mean(1, keepdim=True)

@@ -195,10 +195,15 @@ class BoltzFormerTextDecoder(nn.Module):
         size: torch.Size,
         layer: int,
         generator: torch.Generator | None,
+        prompts: int,
     ) -> tuple[Tensor, Tensor]:
-        """Mask logits ``[B, Q, h, w]`` and the next layer's attention mask ``[B*heads, Q, K]``."""
-        embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))
-        masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+        """Mask logits ``[N, Q, h, w]`` and the next layer's attention mask ``[N*heads, Q, K]``."""
+        embed = self.mask_embed(self.decoder_norm(output).transpose(0, 1))  # [N, Q, C]
+        n, q, c = embed.shape
+        # one product per image for all its prompts' queries
+        grouped = embed.reshape(n // prompts, prompts * q, c)
+        masks = torch.einsum("bqc,bchw->bqhw", grouped, mask_features)
+        masks = masks.reshape(n, q, *masks.shape[-2:])
         small = F.interpolate(masks.detach(), size=size, mode="bilinear", align_corners=False)
         probs = small.sigmoid().flatten(2).repeat_interleave(self.heads, dim=0)
         if self.boltzmann:
@@ -209,24 +214,68 @@ class BoltzFormerTextDecoder(nn.Module):
             hidden = probs < self.mask_threshold
         return masks, hidden
 
+    def _grouped(self, x: Tensor, prompts: int) -> Tensor:
+        """Queries ``[Q, B * P, C]`` (image-major) as ``[P * Q, B, C]``: one row set per image."""
+        q, n, c = x.shape
+        return x.view(q, n // prompts, prompts, c).permute(2, 0, 1, 3).reshape(-1, n // prompts, c)
+
+    def _cross_attend(
+        self,
+        layer: CrossAttentionLayer,
+        output: Tensor,
+        memory: Tensor,
+        pos: Tensor,
+        query_pos: Tensor,
+        hidden: Tensor,
+        prompts: int,
+    ) -> Tensor:
+        """The queries of every prompt of an image attend to its memory in one call.
+
+        Keys and values are then projected once per image instead of once per prompt (the
+        original copies the image's features for each prompt).
+        """
+        if prompts == 1:
+            return layer(output, memory, pos, query_pos, hidden)
+        q, n, c = output.shape
+        b = n // prompts
+        mask = hidden.view(b, prompts, self.heads, q, -1).transpose(1, 2)
+        out = layer(
+            self._grouped(output, prompts),
+            memory,
+            pos,
+            self._grouped(query_pos, prompts),
+            mask.reshape(b * self.heads, prompts * q, -1),
+        )
+        return out.view(prompts, q, b, c).permute(1, 2, 0, 3).reshape(q, n, c)
+
     def forward(
         self,
         features: list[Tensor],
         mask_features: Tensor,
         text: Tensor,
         generator: torch.Generator | None = None,
+        prompts_per_image: int = 1,
     ) -> tuple[Tensor, Tensor]:
-        """Decode masks for one prompt per batch entry.
+        """Decode masks for every prompt.
 
         Args:
             features: The pixel decoder's three levels ``[B, C, h_i, w_i]``, coarsest first.
             mask_features: ``[B, mask_dim, H/4, W/4]``.
-            text: Grounding tokens of each entry's prompt ``[T, B, C]``.
+            text: Grounding tokens of each prompt ``[T, N, C]``, ``N = B * prompts_per_image``,
+                image-major.
             generator: Random generator of the Boltzmann sampling (on the features' device).
+            prompts_per_image: Prompts of each image.
 
         Returns:
-            Mask logits of every query ``[B, Q, H/4, W/4]`` and existence logits ``[B, 1]``.
+            Mask logits of every query ``[N, Q, H/4, W/4]`` and existence logits ``[N, 1]``.
         """
+        p = prompts_per_image
+        if p < 1 or text.shape[1] != mask_features.shape[0] * p:
+            msg = (
+                f"{text.shape[1]} prompts for {mask_features.shape[0]} images is not "
+                f"prompts_per_image={p} each"
+            )
+            raise ValueError(msg)
         src, pos, sizes = [], [], []
         for i, x in enumerate(features):
             sizes.append(x.shape[-2:])
@@ -234,7 +283,7 @@ class BoltzFormerTextDecoder(nn.Module):
             pos.append(sine_position(x, half).flatten(2).permute(2, 0, 1))
             level = self.level_embed.weight[i][None, :, None]
             src.append((x.flatten(2) + level).permute(2, 0, 1))
-        b = src[0].shape[1]
+        b = text.shape[1]
         query_pos = self.query_embed_.weight[:, None].repeat(1, b, 1)
         output = self.query_feat_.weight[:, None].repeat(1, b, 1)
         cls = self.classifier_query.weight[:, None].repeat(1, b, 1)
@@ -244,18 +293,24 @@ class BoltzFormerTextDecoder(nn.Module):
 
         joint = self.initial_self_attention_layer(torch.cat([output, text]), joint_pos)
         output, text = self.initial_ffn_layer(joint[:q]), joint[q:]
-        masks, hidden = self._predict(output, mask_features, sizes[0], -1, generator)
+        masks, hidden = self._predict(output, mask_features, sizes[0], -1, generator, p)
         for i in range(len(self.transformer_cross_attention_layers)):
             k = i % self.num_feature_levels
             # a query with every position hidden attends everywhere instead
             hidden = hidden & ~hidden.all(-1, keepdim=True)
-            output = self.transformer_cross_attention_layers[i](
-                output, src[k], pos[k], query_pos, hidden
+            output = self._cross_attend(
+                self.transformer_cross_attention_layers[i],
+                output,
+                src[k],
+                pos[k],
+                query_pos,
+                hidden,
+                p,
             )
             joint = self.transformer_self_attention_layers[i](torch.cat([output, text]), joint_pos)
             output, text = self.transformer_ffn_layers[i](joint[:q]), joint[q:]
             size = sizes[(i + 1) % self.num_feature_levels]
-            masks, hidden = self._predict(output, mask_features, size, i, generator)
+            masks, hidden = self._predict(output, mask_features, size, i, generator, p)
             cls = self.classifier_cross_attention_layers[i](cls, joint.detach(), joint_pos.detach())
             cls = self.classifier_ffn_layers[i](cls)
         return masks, self.classifier(cls[0])
