@@ -5,7 +5,8 @@
     python benchmarks/bench_segvol.py --sizes full --parts infer --overlap 0 --categories 2
 
 SegVol has no package on PyPI, so the "original" side is segfm's own network (the official 474
-parameter names, same weights, same inputs) driven the way SegVol's code drives it:
+parameter names, same weights, same inputs, MONAI's einsum attention as in SegVol's ViT instead
+of segfm's SDPA) driven the way SegVol's code drives it:
 
 - training step: SegVol's ``train.py`` loops over the categories of a batch and, for each,
   re-runs the ViT, decodes the six prompt combinations and the six pseudo-mask passes, and
@@ -46,8 +47,11 @@ CLASSES = ("liver", "kidney", "spleen", "pancreas")
 LIMIT_S = 90.0  # the CVPR 2025 protocol's time per class
 
 
-def build(size: str, clip_dir: str) -> Any:
-    """The SegVol method of ``size`` (logging detached: no trainer)."""
+def build(size: str, clip_dir: str, scheme: str = "segfm") -> Any:
+    """The SegVol method of ``size`` (logging detached: no trainer).
+
+    The ``original`` scheme's ViT attends as SegVol's (MONAI's einsum attention, no SDPA).
+    """
     from segfm.methods.segvol import SegVol
 
     if size == "tiny":
@@ -63,6 +67,8 @@ def build(size: str, clip_dir: str) -> Any:
         save_predictions=False,
     )
     method.log = lambda *a, **k: None  # type: ignore[method-assign]
+    for block in method.model.image_encoder.blocks:
+        block.attn.use_flash_attention = scheme != "original"
     return method
 
 
@@ -97,7 +103,7 @@ def training_batch(size: str, categories: int) -> dict[str, Any]:
 def train_worker(scheme: str, size: str, weights: str, clip: str, categories: int, quick: bool):
     """One training step of ``scheme`` (``original``: per category; ``segfm``: once)."""
     torch.manual_seed(0)
-    method = build(size, clip)
+    method = build(size, clip, scheme)
     method.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     method.train()
     params = [p for p in method.parameters() if p.requires_grad]
@@ -141,7 +147,7 @@ def infer_worker(
     from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
 
     torch.manual_seed(0)
-    method = build(size, clip)
+    method = build(size, clip, scheme)
     method.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model = method.model.eval()
     shape = SIZES[size]["volume"]
