@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, ratio, run_isolated, time_calls
+from benchmarks.common import compare_cells, markdown_table, ratio, run_isolated, time_calls
 
 #: size -> image side, images, prompts per image, threads (0: torch's default)
 SIZES: dict[str, dict[str, int]] = {
@@ -206,12 +206,7 @@ def measure(size: str, tmp: Path, quick: bool) -> tuple[list[list[str]], list[st
             [
                 name,
                 mode,
-                f"{ref['median_s']:.3f}",
-                f"{ours['median_s']:.3f}",
-                ratio(ours["median_s"], ref["median_s"]),
-                f"{ref['peak_rss_mib']:.0f}",
-                f"{ours['peak_rss_mib']:.0f}",
-                ratio(ours["peak_rss_mib"], ref["peak_rss_mib"]),
+                *compare_cells(ref, ours),
             ]
         )
         a, b = (torch.load(outs[k], weights_only=True) for k in ("reference", "segfm"))

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, ratio, run_isolated, time_calls
+from benchmarks.common import compare_cells, markdown_table, run_isolated, time_calls
 
 #: size -> network width, embedding channels, input [N, 1, Z, Y, X], threads (None: default)
 SIZES: dict[str, dict[str, Any]] = {
@@ -159,12 +159,7 @@ def measure(size: str, stage: str, tmp: Path, quick: bool) -> list[list[str]]:
             [
                 name,
                 mode,
-                f"{ref['median_s']:.3f}",
-                f"{ours['median_s']:.3f}",
-                ratio(ours["median_s"], ref["median_s"]),
-                f"{ref['peak_rss_mib']:.0f}",
-                f"{ours['peak_rss_mib']:.0f}",
-                ratio(ours["peak_rss_mib"], ref["peak_rss_mib"]),
+                *compare_cells(ref, ours),
                 f"{diff:.1e} ({what})",
             ]
         )

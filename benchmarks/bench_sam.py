@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import markdown_table, ratio, run_isolated, time_calls
+from benchmarks.common import compare_cells, markdown_table, run_isolated, time_calls
 
 # name -> (builder overrides shared by both implementations, warmup, repeats)
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -137,12 +137,7 @@ def measure(name: str, weights: Path) -> list[list[str]]:
             [
                 name,
                 mode,
-                f"{off['median_s']:.3f}",
-                f"{ours['median_s']:.3f}",
-                ratio(ours["median_s"], off["median_s"]),
-                f"{off['peak_rss_mib']:.0f}",
-                f"{ours['peak_rss_mib']:.0f}",
-                ratio(ours["peak_rss_mib"], off["peak_rss_mib"]),
+                *compare_cells(off, ours),
             ]
         )
     return rows

@@ -69,6 +69,18 @@ def ratio(new: float, old: float) -> str:
     return f"{new / old:.2f}" if old else "n/a"
 
 
+def compare_cells(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """Time and peak-memory cells of two :func:`time_calls` results, each side then the ratio."""
+    return [
+        f"{theirs['median_s']:.3f}",
+        f"{ours['median_s']:.3f}",
+        ratio(ours["median_s"], theirs["median_s"]),
+        f"{theirs['peak_rss_mib']:.0f}",
+        f"{ours['peak_rss_mib']:.0f}",
+        ratio(ours["peak_rss_mib"], theirs["peak_rss_mib"]),
+    ]
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
