@@ -86,7 +86,7 @@ def training_batch(size: str, categories: int) -> dict[str, Any]:
     """Volumes at the window size, every category in every sample, pseudo regions in halves."""
     spec = SIZES[size]
     shape, batch = spec["roi"], spec["batch"]
-    from segfm.data.sample import ClassInfo
+    from segfm.sample import ClassInfo
 
     label = torch.zeros(batch, 1, *shape, dtype=torch.long)
     for k, box in enumerate(_boxes(shape, categories)):

@@ -1,4 +1,4 @@
-"""Data modules: files on disk to samples of the Sample contract (:mod:`segfm.data.sample`).
+"""Data modules: files on disk to samples of the Sample contract (:mod:`segfm.sample`).
 
 The modules are imported on first access (``segfm.data.NpySliceDataModule``), so that the data
 tools and the readers in :mod:`segfm.data.io` load without Lightning.

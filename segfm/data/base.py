@@ -10,7 +10,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from segfm.data.loaders import ResumableDataLoader
-from segfm.data.sample import Sample, collate
+from segfm.sample import Sample, collate
 from segfm.errors import ConfigError
 
 _STAGE_OF = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}
@@ -21,7 +21,7 @@ class BaseDataModule(LightningDataModule):
 
     A subclass fills ``self.datasets[split]`` (``train``, ``val``, ``test``, ``predict``) in
     ``setup(stage)``; this class turns them into loaders that yield batches of the Sample contract
-    (:func:`segfm.data.sample.collate`).
+    (:func:`segfm.sample.collate`).
 
     Args:
         root: Data folder.

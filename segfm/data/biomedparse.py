@@ -37,7 +37,7 @@ from segfm.data.io.npz_cvpr import (
 )
 from segfm.data.loaders import ResumableDataLoader, global_seed
 from segfm.data.npz import NpzVolumeDataset
-from segfm.data.sample import Sample, collate
+from segfm.sample import Sample, collate
 from segfm.data.splits import split_cases
 from segfm.data.volume_chunks import VolumeChunkSampler
 from segfm.data.volume_lru import VolumeLRU

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from segfm.data.io.class_folders import find_items
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.data.splits import read_split_file, split_cases
 from segfm.data.volume_cache import VolumeItem
 from segfm.data.volumes import Splits, VolumeDataModule

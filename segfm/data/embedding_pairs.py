@@ -30,7 +30,7 @@ from segfm.data.io.embedding_volumes import (
     read_prepared,
 )
 from segfm.data.io.geometry import isotropic_grid, resample
-from segfm.data.sample import Batch, Sample, collate
+from segfm.sample import Batch, Sample, collate
 
 Mode = Literal["intra", "inter", "ct_mr"]
 Triple = tuple[int, int, int]

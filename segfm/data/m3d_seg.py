@@ -37,7 +37,7 @@ from segfm.data.io.m3d_seg import (
     resize_nearest,
 )
 from segfm.data.loaders import EpochShuffleSampler, ResumableDataLoader, global_seed
-from segfm.data.sample import ClassInfo, Sample, collate
+from segfm.sample import ClassInfo, Sample, collate
 from segfm.data.splits import split_cases
 from segfm.errors import ConfigError, DataError
 

@@ -12,7 +12,7 @@ from segfm.data.io.nnunet import (
     read_dataset_json,
     read_fold,
 )
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.data.splits import read_split_file, split_cases
 from segfm.data.volume_cache import VolumeItem
 from segfm.data.volumes import Splits, VolumeDataModule

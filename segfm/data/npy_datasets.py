@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from segfm.data.io.npy_slices import SliceFiles, dataset_of, read_slice, read_volume
-from segfm.data.sample import ClassInfo, Sample
+from segfm.sample import ClassInfo, Sample
 
 
 class SliceDataset(Dataset[Sample]):

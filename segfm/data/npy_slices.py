@@ -5,7 +5,7 @@ from __future__ import annotations
 from segfm.data.base import BaseDataModule
 from segfm.data.io.npy_slices import index_slices, read_geometry, read_label_names
 from segfm.data.npy_datasets import SliceDataset, VolumeDataset
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.data.splits import read_split_file, split_cases
 from segfm.errors import DataError
 

@@ -25,7 +25,7 @@ from segfm.data.io.npz_cvpr import (
     read_case,
     read_class_prompts,
 )
-from segfm.data.sample import Sample
+from segfm.sample import Sample
 from segfm.data.splits import read_split_file, split_cases
 from segfm.data.transforms3d import crop_box, crop_or_pad, random_flips
 from segfm.errors import DataError

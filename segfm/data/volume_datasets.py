@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segfm.data.sample import ClassInfo, Sample
+from segfm.sample import ClassInfo, Sample
 from segfm.data.transforms3d import crop_box, crop_or_pad, random_flips, zscore_foreground
 from segfm.data.volume_cache import Entry, VolumeCache, VolumeItem
 

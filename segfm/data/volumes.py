@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 from segfm.data.base import BaseDataModule
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.data.transforms3d import CT_RANGE
 from segfm.data.volume_cache import VolumeCache, VolumeItem, cache_key
 from segfm.data.volume_datasets import PatchDataset, WholeVolumeDataset

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segfm.data.io.embeddings_h5 import write_embeddings
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.losses import CoarseInfoNCELoss, FineInfoNCELoss, SupConMeanLoss
 from segfm.methods.base import BaseTask
 from segfm.models.anatomical_embedding import (

@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from segfm.data.io.atomic import check_outside_data
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.errors import ConfigError
 from segfm.evaluation import log_image, overlay, save_png
 from segfm.evaluation.harness import ProtocolHarness

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from segfm.checkpoints.biomedparse import load_into
 from segfm.data.encoding25d import decode_slices, encode_volume
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.errors import ConfigError
 from segfm.evaluation.writers import write_prediction
 from segfm.methods.base import BaseTask

@@ -13,7 +13,7 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from segfm.checkpoints.sam import load_into
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.evaluation import CaseTable, case_scores, log_table
 from segfm.evaluation.interactive import ClassPrompt
 from segfm.evaluation.writers import write_prediction

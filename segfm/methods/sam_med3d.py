@@ -18,7 +18,7 @@ from segfm.checkpoints.sam import load_into
 from segfm.checkpoints.sam_med3d import load_official
 from segfm.data.io.clicks_file import ClassClicks, read_clicks_file
 from segfm.data.io.geometry import map_points
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.errors import DataError
 from segfm.evaluation import CaseTable, dice, log_table, surface_dice
 from segfm.evaluation.interactive import ClassPrompt

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segfm.checkpoints.segvol import load_into, load_official
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.methods.segvol_inference import SegVolInference
 from segfm.methods.segvol_inference import prompt_kinds as _kinds
 from segfm.models.segvol import build_segvol

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from segfm.data.sample import Batch
+from segfm.sample import Batch
 from segfm.errors import DataError
 from segfm.evaluation import CaseTable, dice, log_table, surface_dice
 from segfm.evaluation.interactive import ClassPrompt

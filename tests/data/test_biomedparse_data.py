@@ -9,7 +9,7 @@ import yaml
 from data_tools.process_2d import process
 from segfm.data.biomedparse import BiomedParseDataModule
 from segfm.data.biomedparse_augment import SliceAugment
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.errors import DataError
 from tests.data.npz.data import EVAL, PROMPTS, TRAIN, label_of
 

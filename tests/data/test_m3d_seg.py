@@ -27,7 +27,7 @@ from segfm.data.m3d_seg import (
     M3DSegDataModule,
     training_transform,
 )
-from segfm.data.sample import collate
+from segfm.sample import collate
 from segfm.errors import DataError
 from tests.data.m3d_seg.data import (
     BOXES,

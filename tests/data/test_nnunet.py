@@ -13,7 +13,7 @@ from segfm.data.io.class_folders import find_items
 from segfm.data.io.geometry import resample_nearest
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.data.io.nnunet import channel_names, find_images, read_fold
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.errors import DataError
 from tests.data.nnunet.data import CASES, CLASSES, FOLDS, TEST_CASES
 

@@ -19,7 +19,7 @@ from segfm.data.io.npz_cvpr import (
     write_prediction_npz,
 )
 from segfm.data.npz import NpzDataModule
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.errors import DataError
 from tests.data.npz.data import (
     EVAL,

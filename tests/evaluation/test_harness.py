@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.evaluation.harness import ProtocolHarness
 
 

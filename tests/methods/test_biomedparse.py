@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.methods.biomedparse import (
     BiomedParse,
     edge_target,

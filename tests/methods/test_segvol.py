@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from data_tools.tiny_clip import write_tiny_clip
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.errors import DataError
 from segfm.evaluation.interactive import ClassPrompt
 from segfm.methods.segvol import SegVol, dice_bce

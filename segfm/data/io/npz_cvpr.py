@@ -34,7 +34,7 @@ import numpy as np
 
 from segfm.data.io.atomic import save_npz
 from segfm.data.io.json_file import read_json
-from segfm.data.sample import ClassInfo
+from segfm.sample import ClassInfo
 from segfm.errors import DataError
 
 CLASS_PROMPTS = "class_prompts.json"
