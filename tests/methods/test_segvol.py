@@ -250,7 +250,7 @@ def test_segment_text_and_predict_without_label(clip_dir: Path) -> None:
 
 def test_foreground_normalization_matches_segvol_preprocessing() -> None:
     from data_tools.build_dataset import normalize
-    from segfm.data.m3d_seg import min_max
+    from segfm.data.datamodules.m3d_seg import min_max
 
     generator = np.random.default_rng(0)
     volume = generator.integers(0, 256, (2, 12, 20, 18)).astype(np.uint8)  # npz's 0-255

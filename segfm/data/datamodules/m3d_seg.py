@@ -26,6 +26,7 @@ from monai.transforms import (
 from torch.utils.data import DataLoader, Dataset
 
 from segfm.data.base import BaseDataModule
+from segfm.data.io.checks import Report
 from segfm.data.io.m3d_seg import (
     M3DCase,
     check_case,
@@ -36,10 +37,11 @@ from segfm.data.io.m3d_seg import (
     read_pseudo_mask,
     resize_nearest,
 )
+from segfm.data.io.m3d_seg_checks import check_m3d_root
 from segfm.data.loaders import EpochShuffleSampler, ResumableDataLoader, global_seed
-from segfm.sample import ClassInfo, Sample, collate
 from segfm.data.splits import split_cases
 from segfm.errors import ConfigError, DataError
+from segfm.sample import ClassInfo, Sample, collate
 
 
 def min_max(image: np.ndarray) -> np.ndarray:
@@ -431,3 +433,7 @@ class M3DSegDataModule(BaseDataModule):
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,
         )
+
+    def check_files(self, report: Report, max_cases: int | None) -> None:
+        """Check the json of every dataset code and each case's image and mask headers."""
+        check_m3d_root(report, self.root, self.dataset_codes, max_cases)

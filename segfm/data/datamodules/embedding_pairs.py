@@ -22,6 +22,7 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
 from segfm.data.base import BaseDataModule
+from segfm.data.io.checks import Report
 from segfm.data.io.embedding_volumes import (
     IndexRow,
     Intensity,
@@ -29,6 +30,7 @@ from segfm.data.io.embedding_volumes import (
     read_index,
     read_prepared,
 )
+from segfm.data.io.embedding_volumes_checks import check_embedding_root
 from segfm.data.io.geometry import isotropic_grid, resample
 from segfm.sample import Batch, Sample, collate
 
@@ -101,7 +103,7 @@ def _world(volume: PreparedVolume, index: np.ndarray) -> np.ndarray:
     return volume.affine[:3, :3] @ index + volume.affine[:3, 3]
 
 
-class PairDataset(Dataset[Sample]):
+class ViewPairDataset(Dataset[Sample]):
     """Random (or, with ``fixed_seed``, reproducible) two-view pairs.
 
     Args:
@@ -210,7 +212,7 @@ class PairDataset(Dataset[Sample]):
         return sample
 
 
-class VolumeDataset(Dataset[Sample]):
+class PreparedVolumeDataset(Dataset[Sample]):
     """Whole volumes resampled to ``spacing_mm`` (predict): ``image`` [1, D, H, W] and the grid."""
 
     def __init__(self, rows: list[IndexRow], spacing_mm: float, intensity: Intensity) -> None:
@@ -351,20 +353,20 @@ class EmbeddingPairDataModule(BaseDataModule):
         """Read the index and build the datasets of ``stage``."""
         rows = read_index(self.root, self.index_csv, pairs=self.mode == "ct_mr")
         if stage in ("test", "predict"):
-            self.datasets[stage] = VolumeDataset(rows, self.spacing_mm, self.intensity)
+            self.datasets[stage] = PreparedVolumeDataset(rows, self.spacing_mm, self.intensity)
             return
         per = 2 if self.mode == "ct_mr" else 1
         cases = len(rows) // per
         held = math.ceil(cases * self.val_fraction) if cases > 1 and self.val_fraction > 0 else 0
         train, val = rows[: (cases - held) * per], rows[(cases - held) * per :] or rows
         length = self.samples_per_epoch or cases - held
-        self.datasets["train"] = PairDataset(train, self.mode, length, self.options)
-        self.datasets["val"] = PairDataset(
+        self.datasets["train"] = ViewPairDataset(train, self.mode, length, self.options)
+        self.datasets["val"] = ViewPairDataset(
             val, self.mode, self.val_pairs, self.options, fixed_seed=0
         )
         if self.semantic_pairs:
             labelled = read_index(self.root, self.semantic_index_csv or self.index_csv)
-            self.datasets["semantic"] = PairDataset(
+            self.datasets["semantic"] = ViewPairDataset(
                 labelled,
                 "inter",
                 length * self.semantic_pairs // self.batch_size or 1,
@@ -387,3 +389,11 @@ class EmbeddingPairDataModule(BaseDataModule):
         finally:
             self.batch_size = batch_size
         return {"intra": intra, "semantic": semantic}
+
+    def check_files(self, report: Report, max_cases: int | None) -> None:
+        """Check the index CSVs and read every listed volume with its mask and labels."""
+        csvs = [self.index_csv]
+        if self.semantic_pairs:
+            csvs.append(self.semantic_index_csv or self.index_csv)
+        pairs = self.mode == "ct_mr"
+        check_embedding_root(report, self.root, csvs, pairs, self.intensity, max_cases)
