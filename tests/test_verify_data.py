@@ -7,8 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import segfm.data
 from segfm.cli import main
-from segfm.data import ClassFolderDataModule, NnUNetDataModule, NpySliceDataModule, NpzDataModule
+from segfm.data import (
+    _MODULES,
+    BaseDataModule,
+    ClassFolderDataModule,
+    NnUNetDataModule,
+    NpySliceDataModule,
+    NpzDataModule,
+    VolumeDataModule,
+)
 from segfm.data.io.checks import Problem, Report
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.errors import ConfigError, DataError
@@ -96,6 +105,21 @@ def test_max_cases_limits_reading_but_not_pairing(nnunet_root, tmp_path):
 def test_missing_root_is_one_error(tmp_path):
     report = NpzDataModule(str(tmp_path / "nowhere")).verify()
     assert [p.file for p in report.errors] == [str(tmp_path / "nowhere")]
+
+
+@pytest.mark.parametrize("name", sorted(_MODULES))
+def test_every_data_module_verifies_its_root(name, tmp_path):
+    cls = getattr(segfm.data, name)
+    extra = {"dataset_codes": ["0000"]} if name == "M3DSegDataModule" else {}
+    missing = cls(str(tmp_path / "nowhere"), **extra).verify()
+    assert [p.file for p in missing.errors] == [str(tmp_path / "nowhere")], missing.text()
+    assert missing.text().splitlines()[-1].startswith(f"FAILED: {name} at ")
+    empty = cls(str(tmp_path), **extra).verify()
+    if cls in (BaseDataModule, VolumeDataModule):  # no format of their own: the root suffices
+        assert empty.problems == [] and empty.checked == 0
+    else:  # an empty folder is not a dataset of any format
+        assert empty.errors, empty.text()
+        assert all(p.file.startswith(str(tmp_path)) and p.fix for p in empty.errors)
 
 
 # --- the command line --------------------------------------------------------------------------

@@ -442,3 +442,22 @@ def test_lightning_fit_uses_single_dataset_batches(root: Path, tmp_path: Path) -
     )  # fmt: skip
     trainer.fit(model, datamodule=module)
     assert len(model.codes) == 2 * 3 and all(len(c) == 1 for c in model.codes)  # 2+1 batches
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+
+def test_verify_reads_every_case_and_names_a_broken_one(root: Path, tmp_path: Path) -> None:
+    report = _module(root).verify()
+    assert report.errors == [] and report.checked == sum(
+        len(read_dataset(root, code).train + read_dataset(root, code).test)
+        for code in ("0000", "0001")
+    ), report.text()
+    copy = shutil.copytree(root, tmp_path / "m3d")
+    case = read_dataset(copy, "0001").train[0]
+    case.image.write_bytes(b"garbage")
+    (copy / "0000" / "0000.json").write_text("{")
+    report = _module(copy).verify()
+    files = sorted(p.file for p in report.errors)
+    assert files == sorted([str(case.image), str(copy / "0000" / "0000.json")]), report.text()
+    assert all(p.fix for p in report.errors)
