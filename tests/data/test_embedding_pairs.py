@@ -11,7 +11,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segfm.data.datamodules.embedding_pairs import EmbeddingPairDataModule, collate_pairs
+from segfm.data.datamodules.embedding_pairs import EmbeddingPairDataModule
+from segfm.data.embedding_datasets import collate_pairs
 from segfm.data.io.embedding_volumes import normalize_intensity
 from segfm.errors import DataError
 from tests.data.embedding.data import build

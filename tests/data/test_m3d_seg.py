@@ -10,11 +10,7 @@ import yaml
 from scipy import sparse
 from torch.utils.data import Dataset
 
-from segfm.data.datamodules.m3d_seg import (
-    DatasetBatchSampler,
-    M3DSegDataModule,
-    training_transform,
-)
+from segfm.data.datamodules.m3d_seg import DatasetBatchSampler, M3DSegDataModule
 from segfm.data.io.m3d_seg import (
     check_case,
     cleanse_pseudo_mask,
@@ -27,6 +23,7 @@ from segfm.data.io.m3d_seg import (
     resize_nearest,
 )
 from segfm.data.loaders import ResumableDataLoader
+from segfm.data.m3d_datasets import training_transform
 from segfm.errors import DataError
 from segfm.sample import collate
 from tests.data.m3d_seg.data import (
@@ -262,7 +259,7 @@ def test_spacing_without_metadata_matches_monai_affine() -> None:
     # resize and the crop branch (seeds 0-7 take both)
     from monai.data import MetaTensor
 
-    from segfm.data.datamodules.m3d_seg import untracked_meta
+    from segfm.data.m3d_datasets import untracked_meta
 
     label = np.zeros((1, 20, 50, 40), dtype=np.int64)
     label[0, 4:16, 10:37, 8:30] = 1
