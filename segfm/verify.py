@@ -89,11 +89,11 @@ def build_data_module(data: dict[str, Any] | None, config: str | None) -> BaseDa
             if typed.get("class_path") is not None:
                 args += ["--data.class_path", typed["class_path"]]
             for key, value in (typed.get("init_args") or {}).items():
-                text = value if isinstance(value, str) else json.dumps(value)
+                text = value if isinstance(value, str) else json.dumps(value, default=str)
                 args += [f"--data.init_args.{key}", text]
     elif data is not None:
         plain = {k: v for k, v in data.items() if k != "__path__"}
-        args += ["--data", json.dumps(plain)]
+        args += ["--data", json.dumps(plain, default=str)]
     try:
         return parser.instantiate(parser.parse_args(args)).data
     except Exception as e:  # jsonargparse's and the module's own checks, wrapped as they come

@@ -54,7 +54,7 @@ class Problem:
 
 @dataclass
 class Report:
-    """The problems of a dataset, as :func:`verify_data` found them.
+    """The problems of a dataset, as a data module's ``verify`` found them.
 
     Attributes:
         data: Name of the data module class.
