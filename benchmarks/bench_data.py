@@ -11,10 +11,10 @@ On a dataset made by ``data_tools.synthetic``:
 - ``NnUNetDataModule`` (2 workers, 1.5 mm, 64³ crops): ``setup`` (decoding, resampling and
   caching every case: the first epoch's extra cost), then training samples per second from the
   cache, against decoding the same NIfTI files with nibabel in one process;
-- ``BiomedParseDataModule`` (2 workers, 512 px 2.5D slices, no augmentation) on volumes of
-  ``data_tools.synthetic_npz``: ``source="npz"`` without a cache (each slice decompresses its
+- ``NpzDataModule(mode="slices25d")`` (2 workers, 512 px 2.5D slices, no augmentation) on
+  volumes of ``data_tools.synthetic_npz``: without a cache (each slice decompresses its
   volume), with the per-worker volume cache, with the cache and ``volume_chunk=4``, and
-  ``source="processed"`` (PNGs of ``data_tools.process_2d``), against ``np.load`` of the npz
+  ``PngSliceDataModule`` (PNGs of ``data_tools.process_2d``), against ``np.load`` of the npz
   arrays (counted in slices: every slice of a volume once it is decoded) and against reading the
   PNGs with Pillow;
 - ``M3DSegDataModule`` (2 workers, 32x128x128 crops, no pseudo masks) on cases of
@@ -171,15 +171,21 @@ def _biomedparse(kind: str, root: str) -> dict[str, float]:
             with Image.open(f.parent.with_name("train_mask") / f.name) as png:
                 np.asarray(png)
         return {"rate": len(files) / (time.perf_counter() - start), "items": len(files)}
-    from segfm.data.biomedparse import BiomedParseDataModule
+    from segfm.data import NpzDataModule, PngSliceDataModule
 
-    options: dict[str, object] = {"source": "processed"}
+    common = {"batch_size": 8, "num_workers": WORKERS, "image_size": 512, "val_fraction": 0}
     if kind.startswith("npz"):
         _, cache, chunk = kind.split("_")
-        options = {"source": "npz", "cache_volumes_mb": int(cache), "volume_chunk": int(chunk)}
-    module = BiomedParseDataModule(
-        root, batch_size=8, num_workers=WORKERS, size=512, val_ratio=0, augment=False, **options
-    )
+        module: NpzDataModule = NpzDataModule(
+            root,
+            mode="slices25d",
+            augment=False,
+            cache_volumes_mb=int(cache),
+            volume_chunk=int(chunk),
+            **common,
+        )
+    else:
+        module = PngSliceDataModule(root, augment=False, **common)
     module.setup("fit")
     return {"rate": _loader_rate(module)}
 
@@ -198,7 +204,7 @@ def _m3d(kind: str, root: str) -> dict[str, float]:
             np.load(case.image)
             sparse.load_npz(case.mask).toarray()
         return {"rate": len(cases) / (time.perf_counter() - start), "items": len(cases)}
-    from segfm.data.m3d_seg import M3DSegDataModule
+    from segfm.data.datamodules.m3d_seg import M3DSegDataModule
 
     module = M3DSegDataModule(
         root,
@@ -240,14 +246,21 @@ def _biomedparse_rows(tmp: Path, cases: int) -> list[list[str]]:
     npz_note = f"raw: np.load of imgs + gts, per slice ({raw_npz['items']:.0f} slices)"
     png_note = f"raw: Pillow read of the PNGs ({raw_png['items']:.0f} slices)"
     variants = [
-        ("npz, no cache (every slice decodes its volume)", "npz_0_1", raw_npz, npz_note),
-        ("npz, volume cache 512 MiB per worker", "npz_512_1", raw_npz, npz_note),
-        ("npz, volume cache + volume_chunk 4", "npz_512_4", raw_npz, npz_note),
-        ("processed PNGs", "processed", raw_png, png_note),
+        ("NpzDataModule slices25d, no cache (every slice decodes its volume)", "npz_0_1"),
+        ("NpzDataModule slices25d, volume cache 512 MiB per worker", "npz_512_1"),
+        ("NpzDataModule slices25d, volume cache + volume_chunk 4", "npz_512_4"),
+        ("PngSliceDataModule (processed PNGs)", "processed"),
     ]
     return [
-        _row(f"BiomedParseDataModule, 512 px slices, {name}", f"bmp_{kind}", root, "", raw, note)
-        for name, kind, raw, note in variants
+        _row(
+            f"{name}, 512 px 2.5D slices",
+            f"bmp_{kind}",
+            root,
+            "",
+            raw_npz if kind.startswith("npz") else raw_png,
+            npz_note if kind.startswith("npz") else png_note,
+        )
+        for name, kind in variants
     ]
 
 

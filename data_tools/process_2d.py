@@ -16,7 +16,7 @@ writes, in the original's layout::
 Every slice is written, empty ones too. The axes of a volume are those of
 :func:`segfm.data.encoding25d.multi_view_axes` (one axis, or all three for isotropic near-cubic
 volumes), the encoding that of :mod:`segfm.data.encoding25d` (tool path), so
-:class:`~segfm.data.biomedparse.BiomedParseDataModule` encodes identical slices on the fly.
+``NpzDataModule(mode="slices25d")`` encodes identical slices on the fly.
 ``class_ids`` are the ids present in the slice (``[1]`` if any foreground in an instance dataset).
 
 Image PNGs hold their channels in the byte order of the original's ``cv2.imwrite``: reading one

@@ -66,6 +66,8 @@ class CaseMeta(TypedDict, total=False):
         text_prompts: Text per class id stored with the case (CVPR 2025 text track).
         boxes: Box per class id stored with the case (CVPR 2025 interactive track).
         slice_index: Index of a 2D slice in its volume.
+        axis: Axis of the volume a 2.5D slice was cut along (0, or 1 / 2 for the extra views).
+        shape: Shape of a whole volume, ``(z, y, x)`` (npy-slice cases).
         case_id2: Name of the second volume of a pair (anatomical embeddings).
         kind: How a pair was made (anatomical embeddings).
     """
@@ -85,6 +87,8 @@ class CaseMeta(TypedDict, total=False):
     text_prompts: dict[int, str]
     boxes: dict[int, Any]
     slice_index: int
+    axis: int
+    shape: tuple[int, ...]
     case_id2: str
     kind: str
 

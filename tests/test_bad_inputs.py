@@ -27,17 +27,13 @@ import torch
 from segfm.checkpoints.io import load_file
 from segfm.checkpoints.sam import load_into
 from segfm.cli import main
-from segfm.data.class_folders import ClassFolderDataModule
+from segfm.data import ClassFolderDataModule, NnUNetDataModule, NpySliceDataModule, NpzDataModule
 from segfm.data.io.atomic import TEMP_PREFIX, check_not_input, check_outside_data, save_npz
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.data.io.npy_slices import read_volume
 from segfm.data.io.npz_cvpr import write_prediction_npz
-from segfm.data.nnunet import NnUNetDataModule
-from segfm.data.npy_slices import NpySliceDataModule
-from segfm.data.npz import NpzDataModule
 from segfm.errors import SegfmError
 from segfm.models import sam_tiny
-from segfm.verify import verify_data
 
 ROOT = Path(__file__).resolve().parents[1]
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -380,7 +376,7 @@ def test_bad_data_is_named(name, request, tmp_path):
     before = _files(root)
     module = _module(case.fixture, root, tmp_path / "cache")
 
-    report = verify_data(module)
+    report = module.verify()
 
     severity = "error" if case.fatal else "warning"
     named = [p for p in report.problems if p.file == culprit]
@@ -725,4 +721,4 @@ def test_interrupted_converter_resumes_and_skips_finished_cases(tmp_path, monkey
     assert summary.skipped == ["CT_synth_000"]
     assert summary.written == ["CT_synth_001", "CT_synth_002"]
     assert finished.stat().st_mtime_ns == stamp
-    assert verify_data(NpySliceDataModule(str(out))).errors == []
+    assert NpySliceDataModule(str(out)).verify().errors == []

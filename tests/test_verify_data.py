@@ -7,14 +7,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import segfm.data
 from segfm.cli import main
-from segfm.data.class_folders import ClassFolderDataModule
+from segfm.data import (
+    _MODULES,
+    BaseDataModule,
+    ClassFolderDataModule,
+    NnUNetDataModule,
+    NpySliceDataModule,
+    NpzDataModule,
+    VolumeDataModule,
+)
+from segfm.data.io.checks import Problem, Report
 from segfm.data.io.nifti import read_nifti, write_nifti
-from segfm.data.nnunet import NnUNetDataModule
-from segfm.data.npy_slices import NpySliceDataModule
-from segfm.data.npz import NpzDataModule
 from segfm.errors import ConfigError, DataError
-from segfm.verify import Problem, Report, build_data_module, verify_data
+from segfm.verify import verify_data_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +43,7 @@ def _tree(root: Path) -> dict[str, int]:
 def test_the_fixtures_are_clean_and_nothing_is_written(fixture, module, request):
     root = request.getfixturevalue(fixture)
     before = _tree(root)
-    report = verify_data(module(str(root)))
+    report = module(str(root)).verify()
     assert report.errors == [], report.text()
     assert report.checked >= 5
     assert _tree(root) == before
@@ -44,7 +51,7 @@ def test_the_fixtures_are_clean_and_nothing_is_written(fixture, module, request)
 
 
 def test_npz_evaluation_case_without_mask_is_a_warning(npz_root):
-    report = verify_data(NpzDataModule(str(npz_root)))
+    report = NpzDataModule(str(npz_root)).verify()
     (warning,) = report.warnings
     assert warning.file == str(npz_root / "test" / "MR_Brain_t01.npz")
     assert "no ground truth" in warning.message and warning.fix
@@ -56,7 +63,7 @@ def test_every_problem_is_listed_not_only_the_first(nnunet_root, tmp_path):
     (root / "imagesTr" / "synth_001_0000.nii.gz").write_bytes(b"garbage")  # unreadable
     label = read_nifti(root / "labelsTr" / "synth_002.nii.gz")
     write_nifti(root / "labelsTr" / "synth_002.nii.gz", label.array + 7, label.affine)  # ids 7+
-    report = verify_data(NnUNetDataModule(str(root)))
+    report = NnUNetDataModule(str(root)).verify()
     files = [p.file for p in report.errors]
     assert str(root / "imagesTr" / "synth_000_0000.nii.gz") in files
     assert str(root / "imagesTr" / "synth_001_0000.nii.gz") in files
@@ -90,14 +97,29 @@ def test_reader_errors_are_split_into_message_and_fix(tmp_path):
 def test_max_cases_limits_reading_but_not_pairing(nnunet_root, tmp_path):
     root = shutil.copytree(nnunet_root, tmp_path / "ds")
     (root / "labelsTr" / "synth_005.nii.gz").unlink()
-    report = verify_data(NnUNetDataModule(str(root)), max_cases=1)
+    report = NnUNetDataModule(str(root)).verify(max_cases=1)
     assert report.checked == 2  # one of imagesTr, one of imagesTs
     assert [p.file for p in report.errors] == [str(root / "imagesTr" / "synth_005_0000.nii.gz")]
 
 
 def test_missing_root_is_one_error(tmp_path):
-    report = verify_data(NpzDataModule(str(tmp_path / "nowhere")))
+    report = NpzDataModule(str(tmp_path / "nowhere")).verify()
     assert [p.file for p in report.errors] == [str(tmp_path / "nowhere")]
+
+
+@pytest.mark.parametrize("name", sorted(_MODULES))
+def test_every_data_module_verifies_its_root(name, tmp_path):
+    cls = getattr(segfm.data, name)
+    extra = {"dataset_codes": ["0000"]} if name == "M3DSegDataModule" else {}
+    missing = cls(str(tmp_path / "nowhere"), **extra).verify()
+    assert [p.file for p in missing.errors] == [str(tmp_path / "nowhere")], missing.text()
+    assert missing.text().splitlines()[-1].startswith(f"FAILED: {name} at ")
+    empty = cls(str(tmp_path), **extra).verify()
+    if cls in (BaseDataModule, VolumeDataModule):  # no format of their own: the root suffices
+        assert empty.problems == [] and empty.checked == 0
+    else:  # an empty folder is not a dataset of any format
+        assert empty.errors, empty.text()
+        assert all(p.file.startswith(str(tmp_path)) and p.fix for p in empty.errors)
 
 
 # --- the command line --------------------------------------------------------------------------
@@ -184,10 +206,10 @@ def test_cli_run_config_without_data_block(tmp_path, capsys):
         main(["verify-data", "--config", str(tmp_path / "run.yaml")])
 
 
-def test_build_data_module_names_the_origin_of_bad_arguments():
+def test_bad_data_arguments_name_their_origin():
     block = {"class_path": "segfm.data.NpzDataModule", "init_args": {"root": "x", "mode": "3d"}}
-    with pytest.raises(ConfigError, match=r"^my.yaml: not a valid data module .*mode"):
-        build_data_module(block, "my.yaml")
+    with pytest.raises(ConfigError, match=r"^--data: not a valid data module .*mode"):
+        verify_data_command(block)
 
 
 def test_help_lists_verify_data_options(capsys):
@@ -205,7 +227,7 @@ def test_instance_and_prompt_rules_of_npz(npz_root, tmp_path):
     prompts["PET_Lesion"]["2"] = ["Other lesion"]  # instance dataset with two classes
     del prompts["MR_Brain"]  # a dataset folder without prompts
     (root / "class_prompts.json").write_text(json.dumps(prompts))
-    report = verify_data(NpzDataModule(str(root)))
+    report = NpzDataModule(str(root)).verify()
     messages = [f"{p.file}: {p.message}" for p in report.errors]
     assert any("'PET_Lesion' has 2 classes" in m for m in messages), messages
     assert any(m.startswith(f"{root / 'MR_Brain'}: has no entry") for m in messages), messages

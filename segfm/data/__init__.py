@@ -1,48 +1,30 @@
 """Data modules: files on disk to samples of the Sample contract (:mod:`segfm.sample`).
 
-The modules are imported on first access (``segfm.data.NpySliceDataModule``), so that the data
-tools and the readers in :mod:`segfm.data.io` load without Lightning.
+One module per on-disk format, in :mod:`segfm.data.datamodules`; the readers and the checks of
+each format are in :mod:`segfm.data.io`. ``_MODULES`` is the one registry: adding a format adds
+its line there. The modules are imported on first access (``segfm.data.NpySliceDataModule``),
+so that the data tools and the readers load without Lightning.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from segfm.data.base import BaseDataModule
-    from segfm.data.biomedparse import BiomedParseDataModule
-    from segfm.data.class_folders import ClassFolderDataModule
-    from segfm.data.embedding_pairs import EmbeddingPairDataModule
-    from segfm.data.m3d_seg import M3DSegDataModule
-    from segfm.data.nnunet import NnUNetDataModule
-    from segfm.data.npy_slices import NpySliceDataModule
-    from segfm.data.npz import NpzDataModule
-    from segfm.data.volumes import VolumeDataModule
-
-__all__ = [
-    "BaseDataModule",
-    "BiomedParseDataModule",
-    "ClassFolderDataModule",
-    "EmbeddingPairDataModule",
-    "M3DSegDataModule",
-    "NnUNetDataModule",
-    "NpySliceDataModule",
-    "NpzDataModule",
-    "VolumeDataModule",
-]
-
+#: data module class name -> the module that defines it (the CLI lists these for ``--data``)
 _MODULES = {
     "BaseDataModule": "segfm.data.base",
-    "BiomedParseDataModule": "segfm.data.biomedparse",
-    "ClassFolderDataModule": "segfm.data.class_folders",
-    "EmbeddingPairDataModule": "segfm.data.embedding_pairs",
-    "M3DSegDataModule": "segfm.data.m3d_seg",
-    "NnUNetDataModule": "segfm.data.nnunet",
-    "NpySliceDataModule": "segfm.data.npy_slices",
-    "NpzDataModule": "segfm.data.npz",
-    "VolumeDataModule": "segfm.data.volumes",
+    "ClassFolderDataModule": "segfm.data.datamodules.class_folders",
+    "EmbeddingPairDataModule": "segfm.data.datamodules.embedding_pairs",
+    "M3DSegDataModule": "segfm.data.datamodules.m3d_seg",
+    "NnUNetDataModule": "segfm.data.datamodules.nnunet",
+    "NpySliceDataModule": "segfm.data.datamodules.npy_slices",
+    "NpzDataModule": "segfm.data.datamodules.npz",
+    "PngSliceDataModule": "segfm.data.datamodules.png_slices",
+    "VolumeDataModule": "segfm.data.datamodules.volumes",
 }
+
+__all__ = list(_MODULES)
 
 
 def __getattr__(name: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import ClassVar
 
@@ -9,9 +10,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from segfm.data.io.checks import Report
 from segfm.data.loaders import ResumableDataLoader
-from segfm.sample import Sample, collate
 from segfm.errors import ConfigError
+from segfm.sample import Sample, collate
 
 _STAGE_OF = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}
 
@@ -107,3 +109,33 @@ class BaseDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader[Sample]:
         """Loader of the prediction split."""
         return self._dataloader("predict")
+
+    def verify(self, max_cases: int | None = None) -> Report:
+        """Check every file of the root and list every problem, with its file and fix.
+
+        Nothing is set up, cached or written. The root must be a readable folder; the format's
+        own checks (:meth:`check_files`) then read every case with the format's readers.
+
+        Args:
+            max_cases: Read at most this many cases per folder (files are always paired in full).
+
+        Returns:
+            The report: its ``problems`` (errors are fatal, warnings not) and
+            :meth:`~segfm.data.io.checks.Report.text`.
+        """
+        report = Report(type(self).__name__, str(self.root))
+        if not self.root.is_dir():
+            report.error(self.root, "does not exist or is not a folder", "give the dataset root")
+        elif not os.access(self.root, os.R_OK | os.X_OK):
+            report.error(self.root, "cannot be read", "give this user read access to it")
+        else:
+            self.check_files(report, max_cases)
+        return report
+
+    def check_files(self, report: Report, max_cases: int | None) -> None:
+        """Record the problems of the root's files (a format overrides this; here: none).
+
+        Args:
+            report: Where problems go (``report.checked`` counts the cases read).
+            max_cases: Read at most this many cases per folder.
+        """

@@ -13,7 +13,7 @@ from segfm.data.io.npy_slices import SliceFiles, dataset_of, read_slice, read_vo
 from segfm.sample import ClassInfo, Sample
 
 
-class SliceDataset(Dataset[Sample]):
+class NpySliceDataset(Dataset[Sample]):
     """One 2D sample per slice file.
 
     Args:
@@ -73,7 +73,7 @@ class SliceDataset(Dataset[Sample]):
         }
 
 
-class VolumeDataset(Dataset[Sample]):
+class NpyVolumeDataset(Dataset[Sample]):
     """One 3D sample per case volume (``npz/<case>.npz``).
 
     Args:

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segfm.sample import ClassInfo, Sample
 from segfm.data.transforms3d import crop_box, crop_or_pad, random_flips, zscore_foreground
 from segfm.data.volume_cache import Entry, VolumeCache, VolumeItem
+from segfm.sample import ClassInfo, Sample
 
 
 def _common(item: VolumeItem, entry: Entry, classes: dict[int, ClassInfo]) -> Sample:
@@ -33,7 +33,7 @@ def _label(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.int64))[None]
 
 
-class PatchDataset(Dataset[Sample]):
+class NiftiPatchDataset(Dataset[Sample]):
     """One cubic patch per case, centred on a class's bounding box.
 
     Random (training): a class present in the case is drawn, the crop is shifted by up to
@@ -99,7 +99,7 @@ class PatchDataset(Dataset[Sample]):
         )
 
 
-class WholeVolumeDataset(Dataset[Sample]):
+class NiftiVolumeDataset(Dataset[Sample]):
     """One sample per case: the whole preprocessed volume and how to map it back to the file.
 
     Args:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +11,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from segfm.data.embedding_pairs import EmbeddingPairDataModule, collate_pairs
+from segfm.data.datamodules.embedding_pairs import EmbeddingPairDataModule
+from segfm.data.embedding_datasets import collate_pairs
 from segfm.data.io.embedding_volumes import normalize_intensity
 from segfm.errors import DataError
 from tests.data.embedding.data import build
@@ -115,3 +117,14 @@ def test_bad_inputs(root: Path, tmp_path: Path) -> None:
     (tmp_path / "index.csv").write_text("name\nmissing.nii.gz\n")
     with pytest.raises(DataError, match="does not exist"):
         _module(tmp_path).setup("fit")
+
+
+def test_verify_reads_every_listed_volume(root: Path, tmp_path: Path) -> None:
+    report = _module(root).verify()
+    assert report.errors == [] and report.checked >= 2, report.text()
+    copy = shutil.copytree(root, tmp_path / "emb")
+    (copy / "vol_0.nii.gz").write_bytes(b"garbage")
+    report = _module(copy, index_csv="pairs.csv", mode="ct_mr").verify()
+    assert [p.file for p in report.errors] == [str(copy / "vol_0.nii.gz")], report.text()
+    missing = _module(copy, index_csv="nowhere.csv").verify()
+    assert [p.file for p in missing.errors] == [str(copy / "nowhere.csv")], missing.text()

@@ -10,6 +10,7 @@ import yaml
 from scipy import sparse
 from torch.utils.data import Dataset
 
+from segfm.data.datamodules.m3d_seg import DatasetBatchSampler, M3DSegDataModule
 from segfm.data.io.m3d_seg import (
     check_case,
     cleanse_pseudo_mask,
@@ -22,13 +23,9 @@ from segfm.data.io.m3d_seg import (
     resize_nearest,
 )
 from segfm.data.loaders import ResumableDataLoader
-from segfm.data.m3d_seg import (
-    DatasetBatchSampler,
-    M3DSegDataModule,
-    training_transform,
-)
-from segfm.sample import collate
+from segfm.data.m3d_datasets import training_transform
 from segfm.errors import DataError
+from segfm.sample import collate
 from tests.data.m3d_seg.data import (
     BOXES,
     CODES,
@@ -262,7 +259,7 @@ def test_spacing_without_metadata_matches_monai_affine() -> None:
     # resize and the crop branch (seeds 0-7 take both)
     from monai.data import MetaTensor
 
-    from segfm.data.m3d_seg import untracked_meta
+    from segfm.data.m3d_datasets import untracked_meta
 
     label = np.zeros((1, 20, 50, 40), dtype=np.int64)
     label[0, 4:16, 10:37, 8:30] = 1
@@ -442,3 +439,22 @@ def test_lightning_fit_uses_single_dataset_batches(root: Path, tmp_path: Path) -
     )  # fmt: skip
     trainer.fit(model, datamodule=module)
     assert len(model.codes) == 2 * 3 and all(len(c) == 1 for c in model.codes)  # 2+1 batches
+
+
+# --- verify ------------------------------------------------------------------------------------
+
+
+def test_verify_reads_every_case_and_names_a_broken_one(root: Path, tmp_path: Path) -> None:
+    report = _module(root).verify()
+    assert report.errors == [] and report.checked == sum(
+        len(read_dataset(root, code).train + read_dataset(root, code).test)
+        for code in ("0000", "0001")
+    ), report.text()
+    copy = shutil.copytree(root, tmp_path / "m3d")
+    case = read_dataset(copy, "0001").train[0]
+    case.image.write_bytes(b"garbage")
+    (copy / "0000" / "0000.json").write_text("{")
+    report = _module(copy).verify()
+    files = sorted(p.file for p in report.errors)
+    assert files == sorted([str(case.image), str(copy / "0000" / "0000.json")]), report.text()
+    assert all(p.fix for p in report.errors)

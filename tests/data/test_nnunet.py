@@ -13,8 +13,8 @@ from segfm.data.io.class_folders import find_items
 from segfm.data.io.geometry import resample_nearest
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.data.io.nnunet import channel_names, find_images, read_fold
-from segfm.sample import ClassInfo
 from segfm.errors import DataError
+from segfm.sample import ClassInfo
 from tests.data.nnunet.data import CASES, CLASSES, FOLDS, TEST_CASES
 
 NAMES = {v: ClassInfo(k) for k, v in LABELS.items() if v}

@@ -8,9 +8,9 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from segfm.data import BaseDataModule, NpySliceDataModule
 from segfm.data.io.npy_slices import index_slices, read_volume
-from segfm.sample import ClassInfo
 from segfm.data.splits import split_cases
 from segfm.errors import ConfigError, DataError
+from segfm.sample import ClassInfo
 from tests.data.npy_slices.data import NUM_CASES, SIZE
 
 CASES = [f"CT_synth_{i:03d}" for i in range(NUM_CASES)]

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from segfm.data.datamodules.npz import NpzDataModule
 from segfm.data.io.npz_cvpr import (
     NpzCase,
     class_infos,
@@ -18,9 +19,8 @@ from segfm.data.io.npz_cvpr import (
     read_class_prompts,
     write_prediction_npz,
 )
-from segfm.data.npz import NpzDataModule
-from segfm.sample import ClassInfo
 from segfm.errors import DataError
+from segfm.sample import ClassInfo
 from tests.data.npz.data import (
     EVAL,
     PROMPTS,

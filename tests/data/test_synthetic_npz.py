@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from data_tools.synthetic_npz import INSTANCE, SEMANTIC, main, make_dataset
-from segfm.data.biomedparse import BiomedParseDataModule
+from segfm.data import NpzDataModule
 from segfm.data.io.npz_cvpr import (
     find_evaluation_cases,
     find_training_cases,
@@ -72,8 +72,10 @@ def test_seeded_and_resumable(root, tmp_path):
         make_dataset(tmp_path / "c", num_cases=0)
 
 
-def test_biomedparse_module_reads_it(root):
-    dm = BiomedParseDataModule(str(root), size=64, batch_size=2, num_workers=0, val_ratio=0.3)
+def test_npz_module_reads_it_as_2_5d_slices(root):
+    dm = NpzDataModule(
+        str(root), mode="slices25d", image_size=64, batch_size=2, num_workers=0, val_fraction=0.3
+    )
     dm.setup("fit")
     sample = dm.datasets["train"][0]
     assert sample["image"].shape == (3, 64, 64) and sample["label"].shape == (1, 64, 64)

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from data_tools.tiny_clip import write_tiny_clip
-from segfm.sample import ClassInfo
 from segfm.errors import DataError
 from segfm.evaluation.interactive import ClassPrompt
 from segfm.methods.segvol import SegVol, dice_bce
 from segfm.methods.segvol_inference import cvpr_box
 from segfm.models.segvol.intensity import _percentile, normalize_intensity
 from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
+from segfm.sample import ClassInfo
 
 ROI = (16, 32, 32)
 NAMES = {1: ClassInfo("liver"), 2: ClassInfo("kidney"), 3: ClassInfo("spleen")}
@@ -250,7 +250,7 @@ def test_segment_text_and_predict_without_label(clip_dir: Path) -> None:
 
 def test_foreground_normalization_matches_segvol_preprocessing() -> None:
     from data_tools.build_dataset import normalize
-    from segfm.data.m3d_seg import min_max
+    from segfm.data.m3d_datasets import min_max
 
     generator = np.random.default_rng(0)
     volume = generator.integers(0, 256, (2, 12, 20, 18)).astype(np.uint8)  # npz's 0-255

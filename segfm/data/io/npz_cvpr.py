@@ -34,8 +34,8 @@ import numpy as np
 
 from segfm.data.io.atomic import save_npz
 from segfm.data.io.json_file import read_json
-from segfm.sample import ClassInfo
 from segfm.errors import DataError
+from segfm.sample import ClassInfo
 
 CLASS_PROMPTS = "class_prompts.json"
 EVAL_IMAGES, EVAL_MASKS = "test", "test_mask"

@@ -6,11 +6,11 @@ import warnings
 from pathlib import Path
 
 from segfm.data.base import BaseDataModule
-from segfm.sample import ClassInfo
 from segfm.data.transforms3d import CT_RANGE
 from segfm.data.volume_cache import VolumeCache, VolumeItem, cache_key
-from segfm.data.volume_datasets import PatchDataset, WholeVolumeDataset
+from segfm.data.volume_datasets import NiftiPatchDataset, NiftiVolumeDataset
 from segfm.errors import DataError
+from segfm.sample import ClassInfo
 
 Splits = dict[str, list[VolumeItem]]  # train, val, test, predict
 _SPLITS_OF = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -146,7 +146,7 @@ class VolumeDataModule(BaseDataModule):
                 raise DataError(msg)
             metas = cache.prepare(items, self.num_workers)
             if split in self.one_sample_splits:
-                self.datasets[split] = WholeVolumeDataset(items, cache, classes, self.zscore)
+                self.datasets[split] = NiftiVolumeDataset(items, cache, classes, self.zscore)
                 continue
             kept = [item for item, meta in zip(items, metas, strict=True) if meta["classes"]]
             for item in (item for item in items if item not in kept):
@@ -158,7 +158,7 @@ class VolumeDataModule(BaseDataModule):
             if split == "train" and not kept:
                 msg = f"no training case of {self.root} has foreground; check the labels"
                 raise DataError(msg)
-            self.datasets[split] = PatchDataset(
+            self.datasets[split] = NiftiPatchDataset(
                 kept, cache, classes, self.patch_size, split == "train", self.flips,
                 self.crop_jitter, self.zscore,
             )  # fmt: skip

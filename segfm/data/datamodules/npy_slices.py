@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from segfm.data.base import BaseDataModule
+from segfm.data.io.checks import Report
 from segfm.data.io.npy_slices import index_slices, read_geometry, read_label_names
-from segfm.data.npy_datasets import SliceDataset, VolumeDataset
-from segfm.sample import ClassInfo
+from segfm.data.io.npy_slices_checks import check_npy_slices_root
+from segfm.data.npy_datasets import NpySliceDataset, NpyVolumeDataset
 from segfm.data.splits import read_split_file, split_cases
 from segfm.errors import DataError
+from segfm.sample import ClassInfo
 
 
 class NpySliceDataModule(BaseDataModule):
@@ -92,7 +94,7 @@ class NpySliceDataModule(BaseDataModule):
             paths = [self.root / "npz" / f"{case}.npz" for case in splits["test"]]
             for path in paths:
                 read_geometry(path)  # fail now, naming the file, rather than mid-run
-            self.datasets[stage] = VolumeDataset(paths, classes)
+            self.datasets[stage] = NpyVolumeDataset(paths, classes)
             return
         if stage == "fit" and not splits["train"]:
             msg = f"no train case in {self.root}: fill 'train' in the split_file"
@@ -101,4 +103,8 @@ class NpySliceDataModule(BaseDataModule):
             npz = {case: self.root / "npz" / f"{case}.npz" for case in splits[split]}
             geometry = {case: read_geometry(p) for case, p in npz.items() if p.is_file()}
             slices = [files for case in splits[split] for files in index[case]]
-            self.datasets[split] = SliceDataset(slices, geometry, classes, self.image_size)
+            self.datasets[split] = NpySliceDataset(slices, geometry, classes, self.image_size)
+
+    def check_files(self, report: Report, max_cases: int | None) -> None:
+        """Check slice pairs, case volumes and label values against ``labels.json``."""
+        check_npy_slices_root(report, self.root, max_cases)

@@ -1,4 +1,4 @@
-"""The on-the-fly BiomedParse path's speed levers: a volume cache and a chunked training order."""
+"""The on-the-fly 2.5D speed levers (NpzDataModule, slices25d): a volume cache, a chunked order."""
 
 from collections import Counter
 
@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.data.biomedparse import BiomedParseDataModule
+from segfm.data import NpzDataModule
 from segfm.data.loaders import EpochShuffleSampler
 from segfm.data.volume_chunks import VolumeChunkSampler
 from segfm.data.volume_lru import VolumeLRU
 
 
 def module(root, **kwargs):
-    args = {"size": 32, "batch_size": 4, "num_workers": 0, "val_ratio": 0, "augment": False}
-    dm = BiomedParseDataModule(str(root), **(args | kwargs))
+    args = {"image_size": 32, "batch_size": 4, "num_workers": 0, "val_fraction": 0}
+    dm = NpzDataModule(str(root), mode="slices25d", augment=False, **(args | kwargs))
     dm.setup("fit")
     return dm
 
@@ -120,4 +120,4 @@ def test_module_trains_in_volume_chunks(npz_root):
 @pytest.mark.parametrize("name", ["cache_volumes_mb", "volume_chunk"])
 def test_bad_speed_arguments(tmp_path, name):
     with pytest.raises(ValueError, match=name):
-        BiomedParseDataModule(str(tmp_path), **{name: -1})
+        NpzDataModule(str(tmp_path), **{name: -1})

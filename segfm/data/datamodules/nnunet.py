@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segfm.data.datamodules.volumes import Splits, VolumeDataModule
+from segfm.data.io.checks import Report
 from segfm.data.io.nnunet import (
     channel_names,
     find_cases,
@@ -12,10 +14,10 @@ from segfm.data.io.nnunet import (
     read_dataset_json,
     read_fold,
 )
-from segfm.sample import ClassInfo
+from segfm.data.io.nnunet_checks import check_nnunet_root
 from segfm.data.splits import read_split_file, split_cases
 from segfm.data.volume_cache import VolumeItem
-from segfm.data.volumes import Splits, VolumeDataModule
+from segfm.sample import ClassInfo
 
 
 def _has_files(folder: Path) -> bool:
@@ -26,7 +28,7 @@ def _has_files(folder: Path) -> bool:
 class NnUNetDataModule(VolumeDataModule):
     """An nnU-Net raw dataset (``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs`` ...).
 
-    Samples and preprocessing as in :class:`~segfm.data.volumes.VolumeDataModule`; class names
+    Samples and preprocessing as in :class:`~segfm.data.VolumeDataModule`; class names
     from ``dataset.json``'s ``labels``, CT clamping when its channel 0 is named ``CT``.
 
     Splits: ``fold`` takes train / val from ``<root>/splits_final.json``; otherwise ``split_file``
@@ -124,3 +126,7 @@ class NnUNetDataModule(VolumeDataModule):
             splits["predict"] = [item(c, path, None) for c, path in images.items()]
         classes = {i: ClassInfo(name) for i, name in label_names(meta).items()}
         return splits, classes
+
+    def check_files(self, report: Report, max_cases: int | None) -> None:
+        """Check ``dataset.json``, every channel and label, their grids, and the split file."""
+        check_nnunet_root(report, self.root, max_cases)

@@ -7,19 +7,24 @@ import torch
 import yaml
 
 from data_tools.process_2d import process
-from segfm.data.biomedparse import BiomedParseDataModule
-from segfm.data.biomedparse_augment import SliceAugment
-from segfm.sample import ClassInfo
+from segfm.data import NpzDataModule, PngSliceDataModule
+from segfm.data.slice_augment import SliceAugment
 from segfm.errors import DataError
+from segfm.sample import ClassInfo
 from tests.data.npz.data import EVAL, PROMPTS, TRAIN, label_of
 
 SIZE = 32
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def module(root, **kwargs):
-    args = {"size": SIZE, "batch_size": 4, "num_workers": 0, "val_ratio": 0.3, "augment": False}
-    dm = BiomedParseDataModule(str(root), **(args | kwargs))
+def module(root, png=False, **kwargs):
+    """NpzDataModule in mode slices25d, or (``png``) PngSliceDataModule, set up to fit."""
+    args = {"image_size": SIZE, "batch_size": 4, "num_workers": 0, "val_fraction": 0.3}
+    args |= {"augment": False} | kwargs
+    if png:
+        dm = PngSliceDataModule(str(root), **args)
+    else:
+        dm = NpzDataModule(str(root), mode="slices25d", **args)
     dm.setup("fit")
     return dm
 
@@ -49,7 +54,7 @@ def test_every_slice_of_every_volume_and_split_by_volume(npz_root):
 
 
 def test_all_classes_are_offered_so_absent_ones_are_negatives(npz_root):
-    dm = module(npz_root, datasets=["CT_Abd"], val_ratio=0)
+    dm = module(npz_root, datasets=["CT_Abd"], val_fraction=0)
     ds = dm.datasets["train"]
     index = next(k for k, i in enumerate(ds.items) if i.case.path.stem == "CT_Abd_001")
     sample = ds[index + 3]  # slice 3 of CT_Abd_001 holds class 1 only
@@ -61,7 +66,7 @@ def test_all_classes_are_offered_so_absent_ones_are_negatives(npz_root):
 
 
 def test_instance_dataset_keeps_instance_ids(npz_root):
-    dm = module(npz_root, datasets=["PET_Lesion"], val_ratio=0)
+    dm = module(npz_root, datasets=["PET_Lesion"], val_fraction=0)
     ds = dm.datasets["train"]
     index = next(k for k, i in enumerate(ds.items) if i.case.path.stem == "PET_Lesion_001")
     sample = ds[index + 7]
@@ -72,7 +77,7 @@ def test_instance_dataset_keeps_instance_ids(npz_root):
 def test_on_the_fly_equals_the_tool_pngs(npz_root, tmp_path):
     root = shutil.copytree(npz_root, tmp_path / "cvpr")
     process(root, size=SIZE, workers=0, progress=False)
-    fly, png = module(root), module(root, source="processed")
+    fly, png = module(root), module(root, png=True)
     for split in ("train", "val"):
         a, b = fly.datasets[split], png.datasets[split]
         assert [i.name for i in a.items] == [i.name for i in b.items]
@@ -86,11 +91,27 @@ def test_on_the_fly_equals_the_tool_pngs(npz_root, tmp_path):
 
 def test_processed_source_needs_the_tool_output(npz_root):
     with pytest.raises(DataError, match="process_2d"):
-        module(npz_root, source="processed")
+        module(npz_root, png=True)
+    report = PngSliceDataModule(str(npz_root), image_size=SIZE).verify()
+    assert report.errors and all("process_2d" in p.fix for p in report.errors), report.text()
+
+
+def test_png_verify_reads_every_listed_png(npz_root, tmp_path):
+    root = shutil.copytree(npz_root, tmp_path / "cvpr")
+    process(root, size=SIZE, workers=0, progress=False, datasets=["CT_Abd"])
+    dm = PngSliceDataModule(str(root), datasets=["CT_Abd"], image_size=SIZE)
+    assert dm.verify().errors == []
+    png = sorted((root / "CT_Abd").glob("processed*/train/*.png"))[0]
+    png.write_bytes(b"not a png")
+    mask = sorted((root / "CT_Abd").glob("processed*/train_mask/*.png"))[1]
+    mask.unlink()
+    report = dm.verify()
+    assert sorted(p.file for p in report.errors) == sorted([str(png), str(mask)]), report.text()
+    assert all("process_2d" in p.fix for p in report.errors)
 
 
 def test_labels_match_the_fixture_at_native_size(npz_root):
-    dm = module(npz_root, datasets=["CT_Abd"], val_ratio=0, size=40)
+    dm = module(npz_root, datasets=["CT_Abd"], val_fraction=0, image_size=40)
     ds = dm.datasets["train"]
     case = TRAIN["CT_Abd"]["CT_Abd_000"]  # (10, 40, 36): padded 2 + 2 columns to 40 x 40
     index = next(k for k, i in enumerate(ds.items) if i.case.path.stem == "CT_Abd_000")
@@ -102,7 +123,7 @@ def test_labels_match_the_fixture_at_native_size(npz_root):
 
 def test_augmentation_keeps_ranges_and_ids(npz_root):
     torch.manual_seed(0)
-    dm = module(npz_root, datasets=["PET_Lesion"], val_ratio=0, augment=True)
+    dm = module(npz_root, datasets=["PET_Lesion"], val_fraction=0, augment=True)
     ds = dm.datasets["train"]
     assert isinstance(ds.augment, SliceAugment)
     for k in range(0, len(ds), 3):
@@ -130,7 +151,7 @@ def test_augment_changes_images_noise_is_signed():
 
 
 def test_test_split_gives_whole_volumes_for_the_harness(npz_root):
-    dm = BiomedParseDataModule(str(npz_root), size=SIZE, num_workers=0)
+    dm = NpzDataModule(str(npz_root), mode="slices25d", image_size=SIZE, num_workers=0)
     dm.setup("test")
     ds = dm.datasets["test"]
     assert len(ds) == sum(len(c) for c in EVAL.values())
@@ -142,23 +163,32 @@ def test_test_split_gives_whole_volumes_for_the_harness(npz_root):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("size", 0), ("val_ratio", 1.0), ("source", "png"), ("max_cases", 0)],
+    [
+        ("image_size", 0),
+        ("val_fraction", 1.0),
+        ("mode", "png"),
+        ("max_cases", 0),
+    ],
 )
 def test_bad_arguments(name, value):
     with pytest.raises(ValueError, match=name):
-        BiomedParseDataModule("x", **{name: value})
+        NpzDataModule("x", **{name: value})
+    if name != "mode":
+        with pytest.raises(ValueError, match=name):
+            PngSliceDataModule("x", **{name: value})
 
 
 def test_config_file_builds_the_module(npz_root):
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser()
-    parser.add_subclass_arguments(BiomedParseDataModule, "data")
-    config = yaml.safe_load((ROOT / "configs" / "data" / "biomedparse.yaml").read_text())
+    parser.add_subclass_arguments(NpzDataModule, "data")
+    config = yaml.safe_load((ROOT / "configs" / "data" / "npz_slices25d.yaml").read_text())
     config["init_args"]["root"] = str(npz_root)
     cfg = parser.parse_object({"data": config})
     dm = parser.instantiate_classes(cfg)["data"]
-    assert isinstance(dm, BiomedParseDataModule) and dm.size == 512 and dm.batch_size == 8
+    assert isinstance(dm, NpzDataModule) and dm.mode == "slices25d"
+    assert dm.image_size == 512 and dm.batch_size == 8
 
 
 def test_label_ids_without_prompts_are_reported(tmp_path):
@@ -174,7 +204,7 @@ def test_label_ids_without_prompts_are_reported(tmp_path):
         gts=gts,
         spacing=np.ones(3),
     )
-    ds = module(tmp_path, val_ratio=0, size=8).datasets["train"]
+    ds = module(tmp_path, val_fraction=0, image_size=8).datasets["train"]
     assert ds[0]["label"].max() == 0
     with pytest.raises(DataError, match=r"v\.npz holds label ids \[4\]"):
         ds[1]

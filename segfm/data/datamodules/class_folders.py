@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from segfm.data.datamodules.volumes import Splits, VolumeDataModule
+from segfm.data.io.checks import Report
 from segfm.data.io.class_folders import find_items
-from segfm.sample import ClassInfo
+from segfm.data.io.class_folders_checks import check_class_folders_root
 from segfm.data.splits import read_split_file, split_cases
 from segfm.data.volume_cache import VolumeItem
-from segfm.data.volumes import Splits, VolumeDataModule
+from segfm.sample import ClassInfo
 
 
 class ClassFolderDataModule(VolumeDataModule):
     """SAM-Med3D's training layout: ``<root>/<class>/<dataset>/{imagesTr,labelsTr}/<case>``.
 
-    Samples and preprocessing as in :class:`~segfm.data.volumes.VolumeDataModule`, with the
+    Samples and preprocessing as in :class:`~segfm.data.VolumeDataModule`, with the
     same arguments. Class ids are 1-based indices of the sorted class folder names; each item
     (one binary mask, see :mod:`segfm.data.io.class_folders`) has its mask's foreground set to
     its class id, and ``classes`` names every class. Datasets whose folder name starts with
@@ -43,3 +45,7 @@ class ClassFolderDataModule(VolumeDataModule):
         splits["predict"] = splits["test"]
         classes = {i: ClassInfo(name) for name, i in ids.items()}
         return splits, classes
+
+    def check_files(self, report: Report, max_cases: int | None) -> None:
+        """Check every binary mask and its image: pairing, grids, values."""
+        check_class_folders_root(report, self.root, max_cases)
