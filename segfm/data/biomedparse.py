@@ -14,14 +14,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from segfm.data.base import BaseDataModule
 from segfm.data.biomedparse_augment import SliceAugment
-from segfm.data.encoding25d import (
-    Geometry,
-    encode_slice,
-    multi_view_axes,
-    plan,
-    resample_label,
-    slice_axis,
-)
 from segfm.data.io.json_file import read_json
 from segfm.data.io.npz_cvpr import (
     CLASS_PROMPTS,
@@ -37,11 +29,19 @@ from segfm.data.io.npz_cvpr import (
 )
 from segfm.data.loaders import ResumableDataLoader, global_seed
 from segfm.data.npz import NpzVolumeDataset
-from segfm.sample import Sample, collate
 from segfm.data.splits import split_cases
 from segfm.data.volume_chunks import VolumeChunkSampler
 from segfm.data.volume_lru import VolumeLRU
 from segfm.errors import DataError
+from segfm.sample import Sample, collate
+from segfm.transforms.encoding25d import (
+    Geometry,
+    encode_slice,
+    multi_view_axes,
+    plan,
+    resample_label,
+    slice_axis,
+)
 
 _PNG_NAME = re.compile(r"(?P<stem>.+?)(?:_view(?P<axis>[12]))?_(?P<index>\d+)\.png")
 
@@ -185,10 +185,10 @@ class BiomedParseDataModule(BaseDataModule):
 
     The root holds ``class_prompts.json`` and ``<DATASET>/train/*.npz`` (see
     :mod:`segfm.data.io.npz_cvpr`). Training and validation samples are every slice of every
-    exported view of the volumes (:func:`~segfm.data.encoding25d.multi_view_axes`), encoded as
-    :mod:`segfm.data.encoding25d` describes: with ``source="npz"`` on the fly from the npz (each
-    volume is decompressed once while it stays in each worker's ``cache_volumes_mb``), with
-    ``source="processed"`` read from the PNGs of
+    exported view of the volumes (:func:`~segfm.transforms.encoding25d.multi_view_axes`),
+    encoded as :mod:`segfm.transforms.encoding25d` describes: with ``source="npz"`` on the fly
+    from the npz (each volume is decompressed once while it stays in each worker's
+    ``cache_volumes_mb``), with ``source="processed"`` read from the PNGs of
     ``python -m data_tools.process_2d`` (``<DATASET>/processed*/``, listed by their
     ``train.json``); both give the same pixels. Volumes, not slices, are split into train and
     validation (``val_ratio``).

@@ -24,13 +24,13 @@ from torch.utils.data import Dataset
 from segfm.data.base import BaseDataModule
 from segfm.data.io.embedding_volumes import (
     IndexRow,
-    Intensity,
     PreparedVolume,
     read_index,
     read_prepared,
 )
 from segfm.data.io.geometry import isotropic_grid, resample
 from segfm.sample import Batch, Sample, collate
+from segfm.transforms.intensity import Window
 
 Mode = Literal["intra", "inter", "ct_mr"]
 Triple = tuple[int, int, int]
@@ -213,7 +213,7 @@ class PairDataset(Dataset[Sample]):
 class VolumeDataset(Dataset[Sample]):
     """Whole volumes resampled to ``spacing_mm`` (predict): ``image`` [1, D, H, W] and the grid."""
 
-    def __init__(self, rows: list[IndexRow], spacing_mm: float, intensity: Intensity) -> None:
+    def __init__(self, rows: list[IndexRow], spacing_mm: float, intensity: Window) -> None:
         self.rows, self.spacing_mm, self.intensity = rows, spacing_mm, intensity
 
     def __len__(self) -> int:
@@ -295,7 +295,7 @@ class EmbeddingPairDataModule(BaseDataModule):
         noise_std: float = 0.001,
         rotation_deg: float = 0.0,
         cross_modal_aug: bool = False,
-        intensity: Intensity = "auto",
+        intensity: Window = "auto",
         semantic_pairs: int = 0,
         semantic_index_csv: str | None = None,
         semantic_patch_size: Triple = (60, 90, 90),
