@@ -38,13 +38,17 @@ class SliceOptions:
 
     def __post_init__(self) -> None:
         checks = {
-            "slice_batch_size must be >= 1": self.slice_batch_size >= 1,
-            "existence_threshold must be in (0, 1)": 0 < self.existence_threshold < 1,
-            "nms_iou must be in (0, 1]": 0 < self.nms_iou <= 1,
+            "slice_batch_size": (self.slice_batch_size, ">= 1", self.slice_batch_size >= 1),
+            "existence_threshold": (
+                self.existence_threshold,
+                "in (0, 1)",
+                0 < self.existence_threshold < 1,
+            ),
+            "nms_iou": (self.nms_iou, "in (0, 1]", 0 < self.nms_iou <= 1),
         }
-        for message, ok in checks.items():
+        for name, (value, rule, ok) in checks.items():
             if not ok:
-                msg = f"{message}, got {self}; fix the model's inference options"
+                msg = f"slices.{name} must be {rule}, got {value}; fix the model's slices options"
                 raise ValueError(msg)
 
 

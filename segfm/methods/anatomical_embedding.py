@@ -99,7 +99,7 @@ class SemanticOptions:
 
     def __post_init__(self) -> None:
         if not 0 <= self.prob <= 1:
-            msg = f"semantic prob must be in [0, 1], got {self.prob}"
+            msg = f"semantic.prob must be in [0, 1], got {self.prob}"
             raise ValueError(msg)
 
 
@@ -117,7 +117,9 @@ class Warmup:
 
     def __post_init__(self) -> None:
         if self.iters < 0 or not 0 < self.ratio <= 1:
-            msg = f"need warmup iters >= 0 and ratio in (0, 1], got {self.iters}, {self.ratio}"
+            msg = (
+                f"need warmup.iters >= 0 and warmup.ratio in (0, 1], got {self.iters}, {self.ratio}"
+            )
             raise ValueError(msg)
 
 

@@ -73,12 +73,13 @@ class BiomedParseLoss:
     edge_coeff: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.num_prompts < 1 or min(self.cls_coeff, self.pos_weight, self.edge_coeff) < 0:
-            msg = (
-                f"need num_prompts >= 1 and cls_coeff, pos_weight, edge_coeff >= 0, got {self}; "
-                "fix the model's loss options"
-            )
+        if self.num_prompts < 1:
+            msg = f"loss.num_prompts must be >= 1, got {self.num_prompts}"
             raise ValueError(msg)
+        for name in ("cls_coeff", "pos_weight", "edge_coeff"):
+            if getattr(self, name) < 0:
+                msg = f"loss.{name} must be >= 0, got {getattr(self, name)}"
+                raise ValueError(msg)
 
 
 DEFAULT_LOSS = BiomedParseLoss()

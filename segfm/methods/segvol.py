@@ -60,11 +60,12 @@ class SegVolLoss:
 
     def __post_init__(self) -> None:
         if not self.prompt_combos or not set(self.prompt_combos) <= set(COMBOS):
-            msg = f"invalid prompt_combos {self.prompt_combos!r}: choose from {COMBOS}"
+            msg = f"invalid loss.prompt_combos {self.prompt_combos!r}: choose from {COMBOS}"
             raise ValueError(msg)
-        if self.max_categories < 0 or self.ssl_weight < 0:
-            msg = f"max_categories and ssl_weight must be >= 0, got {self}"
-            raise ValueError(msg)
+        for name in ("max_categories", "ssl_weight"):
+            if getattr(self, name) < 0:
+                msg = f"loss.{name} must be >= 0, got {getattr(self, name)}"
+                raise ValueError(msg)
 
 
 DEFAULT_LOSS = SegVolLoss()

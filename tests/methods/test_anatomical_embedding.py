@@ -35,7 +35,7 @@ def test_stage_checks() -> None:
     with pytest.raises(ValueError, match="stage"):
         AnatomicalEmbedding(stage="sam3")  # type: ignore[arg-type]
     assert AnatomicalEmbedding(stage="sam_pp", arch="tiny_pp").model.has_semantic
-    with pytest.raises(ValueError, match="semantic prob"):
+    with pytest.raises(ValueError, match=r"semantic\.prob"):
         SemanticOptions(prob=1.5)
     with pytest.raises(ValueError, match="warmup"):
         Warmup(ratio=0.0)
