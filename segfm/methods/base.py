@@ -15,11 +15,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from segfm.data.io.atomic import check_outside_data
-from segfm.sample import Batch, CaseMeta
 from segfm.errors import ConfigError
 from segfm.evaluation import log_image, overlay, save_png
 from segfm.evaluation.harness import ProtocolHarness
 from segfm.evaluation.interactive import ClassPrompt
+from segfm.sample import Batch, CaseMeta
 
 
 def run_dir(trainer: pl.Trainer) -> Path:

@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from segfm.sample import Batch, CaseMeta
 from segfm.errors import DataError
 from segfm.evaluation import CaseTable, dice, log_table, surface_dice
 from segfm.evaluation.interactive import ClassPrompt
@@ -19,6 +18,7 @@ from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
 from segfm.methods.base import BaseTask
 from segfm.models.segvol import SegVol as SegVolNet
 from segfm.prompts import mask_box, sample_points
+from segfm.sample import Batch, CaseMeta
 from segfm.transforms.intensity import unit_range
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.sample import ClassInfo
 from segfm.evaluation.harness import ProtocolHarness
+from segfm.sample import ClassInfo
 
 
 class _Logger:
