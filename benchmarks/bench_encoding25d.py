@@ -48,7 +48,7 @@ def worker(kind: str, root: str, size: int) -> dict[str, float]:
     if kind == "encode_volume":
         import torch
 
-        from segfm.data.encoding25d import encode_volume
+        from segfm.transforms.encoding25d import encode_volume
 
         torch.set_num_threads(1)  # as in one tool process
         volumes = [read_case(c, read_label=False).image for c in cases]

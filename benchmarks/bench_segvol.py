@@ -144,7 +144,7 @@ def infer_worker(
     scheme: str, size: str, weights: str, clip: str, categories: int, overlap: float, quick: bool
 ):
     """Zoom-out-zoom-in of every category by text (``original``: one run per category)."""
-    from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
+    from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
 
     torch.manual_seed(0)
     method = build(size, clip, scheme)

@@ -14,8 +14,8 @@ writes, in the original's layout::
                                                            <stem>_view<k>_<iii>.png
 
 Every slice is written, empty ones too. The axes of a volume are those of
-:func:`segfm.data.encoding25d.multi_view_axes` (one axis, or all three for isotropic near-cubic
-volumes), the encoding that of :mod:`segfm.data.encoding25d` (tool path), so
+:func:`segfm.transforms.encoding25d.multi_view_axes` (one axis, or all three for isotropic
+near-cubic volumes), the encoding that of :mod:`segfm.transforms.encoding25d` (tool path), so
 ``NpzDataModule(mode="slices25d")`` encodes identical slices on the fly.
 ``class_ids`` are the ids present in the slice (``[1]`` if any foreground in an instance dataset).
 
@@ -44,13 +44,6 @@ import numpy as np
 from PIL import Image
 
 from data_tools.parallel import run_jobs
-from segfm.data.encoding25d import (
-    multi_view_axes,
-    neighbour_indices,
-    plan,
-    resample_image,
-    resample_label,
-)
 from segfm.data.io.atomic import atomic_path, remove_temporaries, reported_write, save_json
 from segfm.data.io.json_file import read_json
 from segfm.data.io.npz_cvpr import (
@@ -63,6 +56,13 @@ from segfm.data.io.npz_cvpr import (
     read_class_prompts,
 )
 from segfm.errors import DataError, SegfmError
+from segfm.transforms.encoding25d import (
+    multi_view_axes,
+    neighbour_indices,
+    plan,
+    resample_image,
+    resample_label,
+)
 
 PROCESSED = "processed"
 DONE = ".done"

@@ -23,12 +23,12 @@ from torch.utils.data import Dataset
 
 from segfm.data.io.embedding_volumes import (
     IndexRow,
-    Intensity,
     PreparedVolume,
     read_prepared,
 )
 from segfm.data.io.geometry import isotropic_grid, resample
 from segfm.sample import Batch, Sample, collate
+from segfm.transforms.intensity import Window
 
 Mode = Literal["intra", "inter", "ct_mr"]
 Triple = tuple[int, int, int]
@@ -211,7 +211,7 @@ class ViewPairDataset(Dataset[Sample]):
 class PreparedVolumeDataset(Dataset[Sample]):
     """Whole volumes resampled to ``spacing_mm`` (predict): ``image`` [1, D, H, W] and the grid."""
 
-    def __init__(self, rows: list[IndexRow], spacing_mm: float, intensity: Intensity) -> None:
+    def __init__(self, rows: list[IndexRow], spacing_mm: float, intensity: Window) -> None:
         self.rows, self.spacing_mm, self.intensity = rows, spacing_mm, intensity
 
     def __len__(self) -> int:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from segfm.data.encoding25d import resize
+from segfm.transforms.resize import resize
 
 
 def _uniform(low: float, high: float) -> float:

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segfm.data.encoding25d import Geometry, encode_slice, resample_label
 from segfm.data.io.npz_cvpr import DatasetEntry, NpzCase, check_label_ids, class_infos, read_case
 from segfm.data.io.png_slices import mask_of, png_name, read_png
 from segfm.data.slice_augment import SliceAugment
 from segfm.data.volume_lru import VolumeLRU
 from segfm.errors import DataError
 from segfm.sample import Sample
+from segfm.transforms.encoding25d import Geometry, encode_slice, resample_label
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ class ProtocolHarness:
         if not prompts:
             msg = f"case {case_id!r} has no text prompts and no class names to prompt with"
             raise ValueError(msg)
-        result = run_text(segment, image, label, spacing, prompts, instance, self.tolerance)
+        result = run_text(segment, image, label, spacing, prompts, instance, self.tolerance, meta)
         self.cases.add(
             case=case_id,
             dataset=meta.get("dataset", ""),

@@ -18,9 +18,11 @@ from torch import Tensor
 
 from segfm.evaluation.instances import instance_f1
 from segfm.evaluation.metrics import semantic_case_scores
+from segfm.sample import CaseMeta
 
-#: ``segment(image [D, H, W], spacing, {class id: prompt})`` returns the label map ``[D, H, W]``.
-TextSegmenter = Callable[[Tensor, Sequence[float], dict[int, str]], Tensor]
+#: ``segment(image [D, H, W], spacing, {class id: prompt}, meta)`` returns the label map
+#: ``[D, H, W]``; ``meta`` is the case's :class:`~segfm.sample.CaseMeta` (instance flag, ...).
+TextSegmenter = Callable[[Tensor, Sequence[float], dict[int, str], CaseMeta], Tensor]
 
 
 def run_text(
@@ -31,6 +33,7 @@ def run_text(
     prompts: dict[int, str],
     instance: bool,
     tolerance: float = 2.0,
+    meta: CaseMeta | None = None,
 ) -> dict[str, Any]:
     """Run the text-guided protocol on one case.
 
@@ -42,6 +45,7 @@ def run_text(
         prompts: Text per class id (one entry for instance datasets).
         instance: Whether the label holds instances of one class.
         tolerance: NSD tolerance in mm.
+        meta: The case's metadata, handed to ``segment`` (empty when None).
 
     Returns:
         ``seg`` (the prediction), ``dsc``, ``nsd`` (NaN for instance cases), ``f1``, ``dsc_tp``
@@ -63,7 +67,7 @@ def run_text(
             msg = f"none of the prompted classes {sorted(prompts)} is in the reference"
             raise ValueError(msg)
     start = time.perf_counter()
-    seg = segment(image, spacing, asked).cpu().numpy().astype(np.int64)
+    seg = segment(image, spacing, asked, meta or {}).cpu().numpy().astype(np.int64)
     seconds = time.perf_counter() - start
     if instance:
         found = instance_f1(seg, gt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -9,7 +10,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segfm.data.io.embeddings_h5 import write_embeddings
-from segfm.sample import Batch
 from segfm.losses import CoarseInfoNCELoss, FineInfoNCELoss, SupConMeanLoss
 from segfm.methods.base import BaseTask
 from segfm.models.anatomical_embedding import (
@@ -19,6 +19,7 @@ from segfm.models.anatomical_embedding import (
     build_embedding_model,
     embed_volume,
 )
+from segfm.sample import Batch
 
 Stage = Literal["sam", "sam_pp", "cross_sam_intra", "cross_sam_inter"]
 _DEFAULT_ARCH = {
@@ -42,6 +43,90 @@ def _pool(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
     return F.avg_pool3d(x.float(), kernel_size=stride, stride=stride)
 
 
+@dataclass(frozen=True)
+class FineOptions:
+    """Sampling of the fine InfoNCE loss (:class:`~segfm.losses.FineInfoNCELoss`).
+
+    Args:
+        pos_radius: Positive radius, mm.
+        ignore_radius: Negative exclusion radius, mm.
+        num_candidates: Voxels per view examined for positives.
+        num_queries: Queries per direction.
+        hard_pool: Hardest negatives kept.
+        num_negatives: Negatives drawn from them.
+    """
+
+    pos_radius: float = 2.0
+    ignore_radius: float = 20.0
+    num_candidates: int = 2000
+    num_queries: int = 100
+    hard_pool: int = 2000
+    num_negatives: int = 500
+
+
+@dataclass(frozen=True)
+class CoarseOptions:
+    """Sampling of the coarse InfoNCE loss (:class:`~segfm.losses.CoarseInfoNCELoss`).
+
+    Args:
+        pos_radius: Positive radius, mm.
+        ignore_radius: Exclusion radius, mm.
+        z_threshold: Largest z offset of positives (view 1 to 2, 2 to 1), mm.
+        hard_pool: Hardest negatives kept.
+        num_negatives: Negatives drawn from them.
+        num_global: Random negatives from the other pairs.
+    """
+
+    pos_radius: float = 25.0
+    ignore_radius: float = 5.0
+    z_threshold: tuple[float, float] = (8.0, 6.0)
+    hard_pool: int = 250
+    num_negatives: int = 200
+    num_global: int = 1000
+
+
+@dataclass(frozen=True)
+class SemanticOptions:
+    """SAM++'s semantic steps (:class:`~segfm.losses.SupConMeanLoss`).
+
+    Args:
+        prob: Probability of a semantic step.
+        temperature: SupConMean temperature.
+    """
+
+    prob: float = 0.4
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.prob <= 1:
+            msg = f"semantic.prob must be in [0, 1], got {self.prob}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Linear warm-up of the learning rate (mmcv's ``warmup='linear'``).
+
+    Args:
+        iters: Warm-up steps.
+        ratio: Starting factor of the rate.
+    """
+
+    iters: int = 500
+    ratio: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.iters < 0 or not 0 < self.ratio <= 1:
+            msg = (
+                f"need warmup.iters >= 0 and warmup.ratio in (0, 1], got {self.iters}, {self.ratio}"
+            )
+            raise ValueError(msg)
+
+
+DEFAULT_FINE, DEFAULT_COARSE = FineOptions(), CoarseOptions()
+DEFAULT_SEMANTIC, DEFAULT_WARMUP = SemanticOptions(), Warmup()
+
+
 class AnatomicalEmbedding(BaseTask):
     """SAM (Yan et al., 2022), SAM++ / UAE-S and Cross-SAM / UAE-M on two-view pair batches.
 
@@ -50,9 +135,9 @@ class AnatomicalEmbedding(BaseTask):
     yields (intra-volume, aggressively augmented intra-volume, or registered CT-MR pairs: the
     Cross-SAM stages differ by their data, see ``configs/anatomical_embedding``); ``sam_pp``
     uses, at each step, the semantic prototype loss (:class:`~segfm.losses.SupConMeanLoss` on
-    the ``semantic`` head) with probability ``semantic_prob`` on the labelled inter-volume
+    the ``semantic`` head) with probability ``semantic.prob`` on the labelled inter-volume
     pairs, else the SAM loss; the two are never summed. Optimiser: SGD with linear warm-up over
-    ``warmup_iters`` steps from ``warmup_ratio * lr``, then constant (the official configs).
+    ``warmup.iters`` steps from ``warmup.ratio * lr``, then constant (the official configs).
 
     Validation: every ``val_grid_step``-th fine voxel of view 1 whose true position is covered
     by view 2 is matched to the view-2 fine voxel of highest (fine + coarse) / 2 similarity;
@@ -67,28 +152,16 @@ class AnatomicalEmbedding(BaseTask):
         arch: Network (``sam``, ``sam_pp``, ``cross_sam``, ``tiny``, ``tiny_pp``); default by
             stage. ``sam_pp`` needs a semantic head (``sam_pp``, ``cross_sam``, ``tiny_pp``).
         checkpoint: Initial weights (released mmcv file, segfm export).
-        pos_radius: Fine positive radius, mm.
-        ignore_radius: Fine negative exclusion radius, mm.
-        num_candidates: Voxels per view examined for fine positives.
-        num_queries: Fine queries per direction.
-        hard_pool: Hardest fine negatives kept.
-        num_negatives: Fine negatives drawn from them.
+        fine: Sampling of the fine InfoNCE loss.
+        coarse: Sampling of the coarse InfoNCE loss.
         temperature: InfoNCE temperature (fine and coarse).
-        coarse_pos_radius: Coarse positive radius, mm.
-        coarse_ignore_radius: Coarse exclusion radius, mm.
-        coarse_z_threshold: Largest z offset of coarse positives (view 1 to 2, 2 to 1), mm.
-        coarse_hard_pool: Hardest coarse negatives kept.
-        coarse_negatives: Coarse negatives drawn from them.
-        coarse_global: Random coarse negatives from the other pairs.
-        semantic_prob: SAM++ probability of a semantic step.
-        semantic_temperature: SupConMean temperature.
+        semantic: SAM++'s semantic steps.
         val_grid_step: Fine-voxel step of the validation query grid.
         save_image: Store the preprocessed image in the HDF5 files.
         lr: SGD learning rate (0.02).
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
-        warmup_iters: Linear warm-up steps.
-        warmup_ratio: Starting factor of the warm-up.
+        warmup: Linear warm-up of the learning rate.
         output_dir: Folder of predict outputs.
         export_official: Write the mmcv layout beside every checkpoint.
     """
@@ -102,45 +175,47 @@ class AnatomicalEmbedding(BaseTask):
         stage: Stage = "sam",
         arch: str | None = None,
         checkpoint: str | None = None,
-        pos_radius: float = 2.0,
-        ignore_radius: float = 20.0,
-        num_candidates: int = 2000,
-        num_queries: int = 100,
-        hard_pool: int = 2000,
-        num_negatives: int = 500,
+        fine: FineOptions = DEFAULT_FINE,
+        coarse: CoarseOptions = DEFAULT_COARSE,
         temperature: float = 0.5,
-        coarse_pos_radius: float = 25.0,
-        coarse_ignore_radius: float = 5.0,
-        coarse_z_threshold: tuple[float, float] = (8.0, 6.0),
-        coarse_hard_pool: int = 250,
-        coarse_negatives: int = 200,
-        coarse_global: int = 1000,
-        semantic_prob: float = 0.4,
-        semantic_temperature: float = 0.1,
+        semantic: SemanticOptions = DEFAULT_SEMANTIC,
         val_grid_step: int = 2,
         save_image: bool = False,
         lr: float = 0.02,
         momentum: float = 0.9,
         weight_decay: float = 1e-4,
-        warmup_iters: int = 500,
-        warmup_ratio: float = 0.001,
+        warmup: Warmup = DEFAULT_WARMUP,
         output_dir: str | None = None,
         export_official: bool = True,
     ) -> None:
         if stage not in _DEFAULT_ARCH:
             msg = f"stage must be one of {sorted(_DEFAULT_ARCH)}, got {stage!r}"
             raise ValueError(msg)
-        if not 0 <= semantic_prob <= 1 or val_grid_step < 1 or warmup_iters < 0:
-            msg = (
-                f"need semantic_prob in [0, 1], val_grid_step >= 1, warmup_iters >= 0; got "
-                f"{semantic_prob}, {val_grid_step}, {warmup_iters}"
-            )
+        if val_grid_step < 1 or not 0 <= momentum < 1:
+            msg = f"need val_grid_step >= 1 and momentum in [0, 1); got {val_grid_step}, {momentum}"
             raise ValueError(msg)
-        if not 0 < warmup_ratio <= 1 or not 0 <= momentum < 1:
-            msg = f"need warmup_ratio in (0, 1], momentum in [0, 1); got {warmup_ratio}, {momentum}"
-            raise ValueError(msg)
+        self.stage = stage
+        self.arch = arch or _DEFAULT_ARCH[stage]
+        self.checkpoint = checkpoint
+        self.fine = fine
+        self.coarse = coarse
+        self.semantic = semantic
+        self.temperature = temperature
+        self.val_grid_step = val_grid_step
+        self.save_image = save_image
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.warmup = warmup
         super().__init__(
             lr=lr, weight_decay=weight_decay, output_dir=output_dir, export_official=export_official
+        )
+        # plain data in the checkpoint, which then loads with torch.load(weights_only=True)
+        self.hparams.update(
+            fine=asdict(fine),
+            coarse=asdict(coarse),
+            semantic=asdict(semantic),
+            warmup=asdict(warmup),
         )
 
     # ------------------------------------------------------------------- set-up
@@ -148,35 +223,26 @@ class AnatomicalEmbedding(BaseTask):
         """Build the network (and load the initial weights)."""
         from segfm.checkpoints.anatomical_embedding import load_into
 
-        h = self.hparams
-        self.model = build_embedding_model(h["arch"] or _DEFAULT_ARCH[h["stage"]])
-        if h["stage"] == "sam_pp" and not self.model.has_semantic:
-            msg = f"stage sam_pp needs a semantic head, arch {h['arch']!r} has none: use sam_pp"
+        self.model = build_embedding_model(self.arch)
+        if self.stage == "sam_pp" and not self.model.has_semantic:
+            msg = f"stage sam_pp needs a semantic head, arch {self.arch!r} has none: use sam_pp"
             raise ValueError(msg)
-        if h["checkpoint"]:
-            load_into(self.model, h["checkpoint"])
+        if self.checkpoint:
+            load_into(self.model, self.checkpoint)
 
     def configure_losses(self) -> None:
         """The fine, coarse and semantic losses."""
-        h = self.hparams
-        self.fine_loss = FineInfoNCELoss(
-            h["pos_radius"], h["ignore_radius"], h["num_candidates"], h["num_queries"],
-            h["hard_pool"], h["num_negatives"], h["temperature"],
-        )  # fmt: skip
-        self.coarse_loss = CoarseInfoNCELoss(
-            h["coarse_pos_radius"], h["coarse_ignore_radius"], tuple(h["coarse_z_threshold"]),
-            h["coarse_hard_pool"], h["coarse_negatives"], h["coarse_global"], h["temperature"],
-        )  # fmt: skip
-        self.semantic_loss = SupConMeanLoss(h["semantic_temperature"])
+        self.fine_loss = FineInfoNCELoss(**asdict(self.fine), temperature=self.temperature)
+        self.coarse_loss = CoarseInfoNCELoss(**asdict(self.coarse), temperature=self.temperature)
+        self.semantic_loss = SupConMeanLoss(self.semantic.temperature)
 
     def configure_optimizers(self) -> Any:
         """SGD with linear warm-up, then a constant rate (mmcv's ``warmup='linear'``)."""
-        h = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
-            params, lr=h["lr"], momentum=h["momentum"], weight_decay=h["weight_decay"]
+            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
-        warm, ratio = h["warmup_iters"], h["warmup_ratio"]
+        warm, ratio = self.warmup.iters, self.warmup.ratio
 
         def factor(step: int) -> float:
             return 1.0 if step >= warm else 1 - (1 - step / warm) * (1 - ratio)
@@ -237,8 +303,8 @@ class AnatomicalEmbedding(BaseTask):
         intra, semantic = (
             (batch["intra"], batch.get("semantic")) if "intra" in batch else (batch, None)
         )
-        use_semantic = self.hparams["stage"] == "sam_pp" and semantic is not None
-        if use_semantic and float(torch.rand(())) < self.hparams["semantic_prob"]:
+        use_semantic = self.stage == "sam_pp" and semantic is not None
+        if use_semantic and float(torch.rand(())) < self.semantic.prob:
             parts = self.sam_pp_semantic_loss(semantic)
             self.log("train_semantic_loss", parts["loss"], batch_size=semantic["view1"].shape[0])
         else:
@@ -259,7 +325,7 @@ class AnatomicalEmbedding(BaseTask):
         out, pos, valid = self._embed_pairs(batch)
         fine_pos = _pool(pos, FINE_STRIDE)
         fine_valid = _pool(valid, FINE_STRIDE)[:, 0] > 0.5
-        step = self.hparams["val_grid_step"]
+        step = self.val_grid_step
         coarse = F.normalize(
             F.interpolate(out["coarse"], size=out["fine"].shape[2:], mode="trilinear"), dim=1
         )
@@ -315,7 +381,7 @@ class AnatomicalEmbedding(BaseTask):
                 image_shape=tuple(image.shape),
                 case_id=str(meta["case_id"]),
                 source=str(meta.get("source", "")),
-                image=image.cpu().numpy() if self.hparams["save_image"] else None,
+                image=image.cpu().numpy() if self.save_image else None,
             )
             written.append(str(path))
         return written

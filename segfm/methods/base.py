@@ -15,11 +15,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor
 
 from segfm.data.io.atomic import check_outside_data
-from segfm.sample import Batch
 from segfm.errors import ConfigError
 from segfm.evaluation import log_image, overlay, save_png
 from segfm.evaluation.harness import ProtocolHarness
 from segfm.evaluation.interactive import ClassPrompt
+from segfm.sample import Batch, CaseMeta
 
 
 def run_dir(trainer: pl.Trainer) -> Path:
@@ -202,13 +202,16 @@ class BaseTask(pl.LightningModule, ABC):
         msg = f"{type(self).__name__} cannot be prompted with boxes and clicks"
         raise ConfigError(msg)
 
-    def segment_text(self, image: Tensor, spacing: list[float], prompts: dict[int, str]) -> Tensor:
+    def segment_text(
+        self, image: Tensor, spacing: list[float], prompts: dict[int, str], meta: CaseMeta
+    ) -> Tensor:
         """Segment the classes named by text prompts (the text protocol's interface).
 
         Args:
             image: Intensities ``[D, H, W]``.
             spacing: Voxel size in mm, ``(z, y, x)``.
             prompts: Text per class id.
+            meta: The case's metadata (e.g. ``instance``: split the prediction into instances).
 
         Returns:
             Label map ``[D, H, W]`` (int64) with the prompts' class ids.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -13,13 +14,13 @@ from scipy import ndimage
 from torch import Tensor
 
 from segfm.checkpoints.biomedparse import load_into
-from segfm.data.encoding25d import decode_slices, encode_volume
-from segfm.sample import Batch
 from segfm.errors import ConfigError
 from segfm.evaluation.writers import write_prediction
+from segfm.inference.volume25d import SliceOptions, segment_volume_25d
 from segfm.methods.base import BaseTask
 from segfm.models.biomedparse import BiomedParse as Network
 from segfm.models.biomedparse import biomedparse_tiny, biomedparse_v2, load_tokenizer
+from segfm.sample import Batch, CaseMeta
 
 
 class CharTokenizer:
@@ -47,45 +48,6 @@ def edge_target(label: Tensor) -> Tensor:
     return ((F.max_pool2d(x, 3, 1) + F.max_pool2d(-x, 3, 1)) > 0).float()
 
 
-def suppress(probs: Tensor, existence: Tensor, threshold: float, iou: float) -> Tensor:
-    """The original's post-processing of one slice's prompts (probabilities zeroed when dropped).
-
-    One prompt: its mask times ``existence > threshold``. Several: prompts with existence below
-    ``threshold`` are dropped, and the rest visited by decreasing existence; one whose mask
-    (``> 0.5``) overlaps a kept one with IoU above ``iou`` is dropped.
-
-    Args:
-        probs: Mask probabilities ``[P, H, W]``.
-        existence: Existence probabilities ``[P]``.
-        threshold: Existence threshold.
-        iou: Largest IoU with a kept mask.
-
-    Returns:
-        ``[P, H, W]``.
-    """
-    keep = existence > threshold
-    if probs.shape[0] > 1:
-        masks = (probs > 0.5).flatten(1).float()
-        inter = masks @ masks.T
-        area = masks.sum(1)
-        ious = inter / (area[:, None] + area[None, :] - inter).clamp(min=1)
-        kept: list[int] = []
-        for p in torch.argsort(existence, descending=True, stable=True).tolist():
-            if keep[p] and all(ious[p, k] <= iou for k in kept):
-                kept.append(p)
-        keep = torch.zeros_like(keep)
-        keep[kept] = True
-    return probs * keep[:, None, None]
-
-
-def merge(probs: Tensor, ids: list[int]) -> Tensor:
-    """Label map ``[..., H, W]``: argmax over a 0.5 background and ``probs [P, ..., H, W]``."""
-    background = torch.full_like(probs[:1], 0.5)
-    index = torch.cat([background, probs]).argmax(0)
-    lut = torch.tensor([0, *ids], device=probs.device, dtype=torch.int64)
-    return lut[index]
-
-
 def split_instances(seg: Tensor) -> Tensor:
     """Give each 6-connected component of the foreground its own id (as cc3d in the evaluator)."""
     labels, _ = ndimage.label(
@@ -94,26 +56,54 @@ def split_instances(seg: Tensor) -> Tensor:
     return torch.from_numpy(labels.astype(np.int64)).to(seg.device)
 
 
+@dataclass(frozen=True)
+class BiomedParseLoss:
+    """BiomedParse's training prompts and loss weights (the original's ``BiomedParseLossCLS``).
+
+    Args:
+        num_prompts: Prompts sampled per training slice.
+        cls_coeff: Weight of the existence loss.
+        pos_weight: Positive weight of the existence BCE.
+        edge_coeff: Weight of the edge loss.
+    """
+
+    num_prompts: int = 4
+    cls_coeff: float = 1.0
+    pos_weight: float = 3.0
+    edge_coeff: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 1:
+            msg = f"loss.num_prompts must be >= 1, got {self.num_prompts}"
+            raise ValueError(msg)
+        for name in ("cls_coeff", "pos_weight", "edge_coeff"):
+            if getattr(self, name) < 0:
+                msg = f"loss.{name} must be >= 0, got {getattr(self, name)}"
+                raise ValueError(msg)
+
+
+DEFAULT_LOSS = BiomedParseLoss()
+DEFAULT_SLICES = SliceOptions()
+
+
 class BiomedParse(BaseTask):
     """BiomedParse v2 (Zhao et al., 2025): text prompts, 2.5D slices, 3D inference.
 
     Training (``fit``) on 2.5D slices ``[B, 3, S, S]`` (intensities 0-255 after ``image_scale``):
-    per slice ``num_prompts`` (class, random prompt) pairs; for semantic datasets the classes are
-    drawn from all the dataset's classes, so absent ones are negatives; for instance datasets the
-    one class ``num_prompts`` times with every instance merged into the target. Loss as the
+    per slice ``loss.num_prompts`` (class, random prompt) pairs; for semantic datasets the classes
+    are drawn from all the dataset's classes, so absent ones are negatives; for instance datasets
+    the one class ``num_prompts`` times with every instance merged into the target. Loss as the
     original's ``BiomedParseLossCLS``, per prompt ``cls_coeff * cls + exist * (seg + edge_coeff
     * edge)``, averaged: ``cls`` the existence BCE (``pos_weight``), ``exist`` 1 when the target
     is non-empty, so the segmentation and edge losses count only on present targets; ``seg`` and
     ``edge`` = sigmoid Dice (squared denominator) + BCE against the mask and against the 3x3
     morphological gradient of the label, the logits upsampled bicubically to the label.
 
-    Inference (``test`` with the text protocol, ``predict``): the volume is encoded slice by slice
-    (:func:`segfm.data.encoding25d.encode_volume`, inference path), one prompt per class,
-    ``slice_batch_size`` slices at a time; logits upsampled bicubically to the slice size,
-    sigmoid, :func:`suppress` per slice, :func:`merge` with the 0.5 background, decoded back to
-    the volume. Instance datasets: the binary prediction is split into 6-connected instances
-    (the original has no such step). The Boltzmann sampling also runs at inference (as the
-    original), drawn from a generator seeded with ``sampling_seed`` per volume.
+    Inference (``test`` with the text protocol, ``predict``): one prompt per class, the volume
+    segmented slice by slice (:func:`~segfm.inference.volume25d.segment_volume_25d`, options
+    ``slices``). Instance datasets (``meta["instance"]``): the binary prediction is split into
+    6-connected instances (the original has no such step). The Boltzmann sampling also runs at
+    inference (as the original), drawn from a generator seeded with ``sampling_seed`` per volume.
 
     Args:
         arch: ``v2`` (released network) or ``tiny`` (tests, demos).
@@ -122,13 +112,8 @@ class BiomedParse(BaseTask):
             ``tiny`` network falls back to a byte tokenizer when None.
         image_size: Side of the encoded slices (512 for the released weights).
         image_scale: Factor bringing the data module's training images to 0-255.
-        num_prompts: Prompts per training slice.
-        cls_coeff: Weight of the existence loss.
-        pos_weight: Positive weight of the existence BCE.
-        edge_coeff: Weight of the edge loss.
-        slice_batch_size: Slices per forward pass at inference.
-        existence_threshold: Existence probability above which a prompt is kept.
-        nms_iou: IoU above which the lower-existence of two prompts is dropped.
+        loss: Training prompts per slice and loss weights.
+        slices: Slice batching and post-processing at inference.
         sampling_seed: Seed of the Boltzmann sampling at validation and inference.
         save_predictions: Write predictions during test / predict.
         lr: AdamW learning rate.
@@ -149,13 +134,8 @@ class BiomedParse(BaseTask):
         clip_dir: str | None = None,
         image_size: int = 512,
         image_scale: float = 1.0,
-        num_prompts: int = 4,
-        cls_coeff: float = 1.0,
-        pos_weight: float = 3.0,
-        edge_coeff: float = 1.0,
-        slice_batch_size: int = 4,
-        existence_threshold: float = 0.5,
-        nms_iou: float = 0.5,
+        loss: BiomedParseLoss = DEFAULT_LOSS,
+        slices: SliceOptions = DEFAULT_SLICES,
         sampling_seed: int = 0,
         save_predictions: bool = True,
         lr: float = 1e-5,
@@ -165,25 +145,22 @@ class BiomedParse(BaseTask):
         export_official: bool = True,
         protocol: Literal["native", "interactive", "text"] = "text",
     ) -> None:
-        checks = {
-            "num_prompts must be >= 1": num_prompts >= 1,
-            "slice_batch_size must be >= 1": slice_batch_size >= 1,
-            "image_size must be a positive multiple of 32": image_size > 0 and image_size % 32 == 0,
-            "existence_threshold must be in (0, 1)": 0 < existence_threshold < 1,
-            "nms_iou must be in (0, 1]": 0 < nms_iou <= 1,
-            "cls_coeff, pos_weight and edge_coeff must be >= 0": min(
-                cls_coeff, pos_weight, edge_coeff
+        if image_size <= 0 or image_size % 32 or image_scale <= 0:
+            msg = (
+                f"need image_size a positive multiple of 32 and image_scale > 0, got {image_size} "
+                f"and {image_scale}; check the model's init_args"
             )
-            >= 0,
-            "image_scale must be positive": image_scale > 0,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                msg = f"{message}; check the model's init_args"
-                raise ValueError(msg)
+            raise ValueError(msg)
         if arch == "v2" and clip_dir is None:
             msg = "arch v2 needs clip_dir, a local folder of the clip-vit-base-patch32 tokenizer"
             raise ValueError(msg)
+        self.arch, self.checkpoint, self.clip_dir = arch, checkpoint, clip_dir
+        self.image_size, self.image_scale, self.sampling_seed = (
+            image_size,
+            image_scale,
+            sampling_seed,
+        )
+        self.loss_options, self.slices, self.save_predictions = loss, slices, save_predictions
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -192,21 +169,22 @@ class BiomedParse(BaseTask):
             export_official=export_official,
             protocol=protocol,
         )
+        # plain data in the checkpoint, which then loads with torch.load(weights_only=True)
+        self.hparams.update(loss=asdict(loss), slices=asdict(slices))
 
     # ------------------------------------------------------------------- set-up
     def configure_models(self) -> None:
         """Build the network and tokenizer and load the initial weights."""
-        clip_dir = self.hparams["clip_dir"]
-        self.tokenizer = load_tokenizer(clip_dir) if clip_dir else CharTokenizer()
-        if self.hparams["arch"] == "tiny":
+        self.tokenizer = load_tokenizer(self.clip_dir) if self.clip_dir else CharTokenizer()
+        if self.arch == "tiny":
             vocab = getattr(self.tokenizer, "vocab_size", 0)
             if hasattr(self.tokenizer, "__len__"):  # transformers: added tokens included
                 vocab = max(vocab, len(self.tokenizer))
             self.model: Network = biomedparse_tiny(vocab_size=vocab)
         else:
             self.model = biomedparse_v2()
-        if self.hparams["checkpoint"]:
-            load_into(self.model, self.hparams["checkpoint"])
+        if self.checkpoint:
+            load_into(self.model, self.checkpoint)
 
     def configure_losses(self) -> None:
         """Sigmoid Dice with squared denominator, per prompt (BCE added in :meth:`seg_loss`)."""
@@ -227,7 +205,7 @@ class BiomedParse(BaseTask):
     ) -> tuple[list[str], Tensor]:
         """``num_prompts`` prompts and their label maps ``[P, 1, S, S]`` for one slice."""
         ids = sorted(int(c) for c in classes) or [1]
-        n = self.hparams["num_prompts"]
+        n = self.loss_options.num_prompts
         picks = [ids[0]] * n if instance else [rng.choice(ids) for _ in range(n)]
         texts, maps = [], []
         for c in picks:
@@ -248,32 +226,33 @@ class BiomedParse(BaseTask):
         self, masks: Tensor, edges: Tensor | None, existence: Tensor, maps: Tensor
     ) -> dict[str, Tensor]:
         """The loss and its terms for predictions and label maps ``[N, 1, S, S]``."""
+        weights = self.loss_options
         size = maps.shape[-2:]
         target = (maps > 0).float()
         exist = target.flatten(1).amax(1)
-        pos = torch.tensor(self.hparams["pos_weight"], device=existence.device)
+        pos = torch.tensor(weights.pos_weight, device=existence.device)
         cls = F.binary_cross_entropy_with_logits(
             existence.flatten().float(), exist, pos_weight=pos, reduction="none"
         )
         up = F.interpolate(masks.float(), size=size, mode="bicubic", align_corners=False)
         seg = self.seg_loss(up, target)
-        total = self.hparams["cls_coeff"] * cls + seg * exist
+        total = weights.cls_coeff * cls + seg * exist
         terms = {"cls": cls.mean(), "seg": seg.mean()}
-        if edges is not None and self.hparams["edge_coeff"] > 0:
+        if edges is not None and weights.edge_coeff > 0:
             edge_up = F.interpolate(edges.float(), size=size, mode="bicubic", align_corners=False)
             edge = self.seg_loss(edge_up, edge_target(maps))
-            total = total + self.hparams["edge_coeff"] * edge * exist
+            total = total + weights.edge_coeff * edge * exist
             terms["edge"] = edge.mean()
         terms["loss"] = total.mean()
         return terms
 
     def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor:
         """Loss of a batch of 2.5D slices with sampled prompts."""
-        images = batch["image"].float() * self.hparams["image_scale"]
+        images = batch["image"].float() * self.image_scale
         if images.ndim != 4 or images.shape[1] != 3:
             msg = f"BiomedParse trains on 2.5D slices [B, 3, S, S], got {tuple(images.shape)}"
             raise ConfigError(msg)
-        seed = self.hparams["sampling_seed"] + batch_idx if stage != "train" else None
+        seed = self.sampling_seed + batch_idx if stage != "train" else None
         rng = (
             random.Random(seed)
             if seed is not None
@@ -289,7 +268,7 @@ class BiomedParse(BaseTask):
         if seed is not None:
             generator = torch.Generator(device=images.device).manual_seed(seed)
         features = self.model.encode_image(images)
-        counts = [self.hparams["num_prompts"]] * images.shape[0]
+        counts = [self.loss_options.num_prompts] * images.shape[0]
         out = self.model.decode(features, self.tokens(texts), counts, generator)
         terms = self.loss_terms(out.masks, out.edges, out.existence, torch.cat(maps))
         for name, value in terms.items():
@@ -304,45 +283,18 @@ class BiomedParse(BaseTask):
     def segment_volume(self, image: Tensor, prompts: dict[int, str], instance: bool) -> Tensor:
         """Label map ``[D, H, W]`` of the prompted classes (see the class docstring)."""
         ids = sorted(prompts)
-        size = self.hparams["image_size"]
-        slices, geometry = encode_volume(image.float(), size=size, inference=True)
-        slices = slices.to(self.device)
         text = self.tokens([prompts[c] for c in ids])
-        generator = torch.Generator(device=self.device).manual_seed(self.hparams["sampling_seed"])
-        labels = []
-        step = self.hparams["slice_batch_size"]
-        for start in range(0, slices.shape[0], step):
-            part = slices[start : start + step]
-            n, p = part.shape[0], len(ids)
-            out = self.model.decode(
-                self.model.encode_image(part), text.repeat(1, n, 1), [p] * n, generator
-            )
-            masks = F.interpolate(out.masks.float(), size=(size, size), mode="bicubic")
-            probs = masks.sigmoid().view(n, p, size, size)
-            exist = out.existence.float().sigmoid().view(n, p)
-            for i in range(n):
-                kept = suppress(
-                    probs[i], exist[i], self.hparams["existence_threshold"], self.hparams["nms_iou"]
-                )
-                labels.append(merge(kept, ids))
-        seg = decode_slices(torch.stack(labels).cpu(), geometry)
+        generator = torch.Generator(device=self.device).manual_seed(self.sampling_seed)
+        seg = segment_volume_25d(
+            self.model, image, text, ids, self.slices, self.image_size, generator
+        )
         return split_instances(seg) if instance else seg
 
-    def segment_text(self, image: Tensor, spacing: list[float], prompts: dict[int, str]) -> Tensor:
-        """The text protocol's interface (instance splitting per the current case's dataset)."""
-        return self.segment_volume(image, prompts, bool(getattr(self, "_instance", False)))
-
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """The text protocol, case by case (so each case's instance flag is known)."""
-        if self.protocol != "text":
-            super().test_step(batch, batch_idx)
-            return
-        for i in range(len(batch["meta"])):
-            self._instance = bool(batch["meta"][i].get("instance", False))
-            case = {
-                k: (v[i : i + 1] if isinstance(v, Tensor | list) else v) for k, v in batch.items()
-            }
-            super().test_step(case, batch_idx)
+    def segment_text(
+        self, image: Tensor, spacing: list[float], prompts: dict[int, str], meta: CaseMeta
+    ) -> Tensor:
+        """The text protocol's interface: instances split where ``meta["instance"]`` is true."""
+        return self.segment_volume(image, prompts, bool(meta.get("instance", False)))
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
         """Segment every volume ``[B, 1, D, H, W]`` from its text prompts (or class names)."""
@@ -355,7 +307,7 @@ class BiomedParse(BaseTask):
                 for c, info in classes.items()
             }
             seg = self.segment_volume(batch["image"][i, 0], prompts, bool(meta.get("instance")))
-            if self.hparams["save_predictions"]:
+            if self.save_predictions:
                 spacing = [float(s) for s in batch["spacing"][i]]
                 write_prediction(
                     self.output_dir / "predictions",

@@ -7,6 +7,7 @@ Test and predict (zoom-out-zoom-in, protocol segmenters) live in
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
@@ -14,12 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segfm.checkpoints.segvol import load_into, load_official
-from segfm.sample import Batch
 from segfm.methods.segvol_inference import SegVolInference
 from segfm.methods.segvol_inference import prompt_kinds as _kinds
 from segfm.models.segvol import build_segvol
-from segfm.models.segvol.intensity import Normalization
-from segfm.models.segvol.prompts import mask_box, sample_points
+from segfm.prompts import mask_box, sample_points
+from segfm.sample import Batch
+from segfm.transforms.intensity import UnitRange
 
 #: SegVol's six supervised prompt combinations, in its order
 COMBOS = ("point+text", "box+text", "text", "box", "point", "box+point")
@@ -45,15 +46,41 @@ def dice_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Ten
     return (1 - 2 * num / den).mean() + bce / weight.sum().clamp(min=1.0)
 
 
+@dataclass(frozen=True)
+class SegVolLoss:
+    """SegVol's training targets: supervised prompt combinations and the pseudo-mask term.
+
+    Args:
+        loss: Prompt combinations, classes per batch and weight of the pseudo-mask term.
+    """
+
+    prompt_combos: tuple[str, ...] = COMBOS
+    max_categories: int = 0
+    ssl_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.prompt_combos or not set(self.prompt_combos) <= set(COMBOS):
+            msg = f"invalid loss.prompt_combos {self.prompt_combos!r}: choose from {COMBOS}"
+            raise ValueError(msg)
+        for name in ("max_categories", "ssl_weight"):
+            if getattr(self, name) < 0:
+                msg = f"loss.{name} must be >= 0, got {getattr(self, name)}"
+                raise ValueError(msg)
+
+
+DEFAULT_LOSS = SegVolLoss()
+
+
 class SegVol(SegVolInference):
     """SegVol (Du et al., 2023) on any data module yielding 3D volumes with class names.
 
     Training follows SegVol's ``train.py``: every class present in the batch (at most
-    ``max_categories``) is a target of every sample, decoded with each of ``prompt_combos`` from
-    its name (text), tight box and points (1 positive + U[0, 10] positives + U[0, 10] negatives),
-    each combination adding Dice + BCE on the full-size logits; with ``pseudo_label`` in the
-    batch, six passes on random pseudo-mask regions (points, then a box that also takes the
-    regions > 90 % inside it) add ``ssl_weight`` times their Dice + BCE, -1 voxels ignored.
+    ``loss.max_categories``) is a target of every sample, decoded with each of
+    ``loss.prompt_combos`` from its name (text), tight box and points (1 positive + U[0, 10]
+    positives + U[0, 10] negatives), each combination adding Dice + BCE on the full-size
+    logits; with ``pseudo_label`` in the batch, six passes on random pseudo-mask regions (points,
+    then a box that also takes the regions > 90 % inside it) add ``loss.ssl_weight`` times their
+    Dice + BCE, -1 voxels ignored.
     Fixed: the volume is encoded once per batch (SegVol re-ran the ViT per class, each with its
     own optimiser step); empty targets get no box or points (SegVol fed sentinel -1 prompts as
     real), so box/point-only combinations skip them and text combinations decode them from text;
@@ -61,7 +88,7 @@ class SegVol(SegVolInference):
     :class:`~segfm.models.segvol.TextEncoder`); the warm-up schedule starts above 0.
 
     Test / predict (:class:`~segfm.methods.segvol_inference.SegVolInference`): zoom-out-zoom-in
-    (:func:`~segfm.models.segvol.zoom.zoom_out_zoom_in`) of each class present in the label,
+    (:func:`~segfm.inference.zoom.zoom_out_zoom_in`) of each class present in the label,
     prompted as ``prompt`` says (boxes and points from the label); without a label, the data
     module's class names as text. Per-class DSC (SegVol's ``2TP / (|P| + |G| + 1)`` and the
     standard one) and NSD go to ``test_classes.csv``, label maps (most probable class above
@@ -80,9 +107,7 @@ class SegVol(SegVolInference):
         clip_dir: Local folder of the CLIP tokenizer (SegVol's ``config/clip``); needed for text.
         roi_size: Network input ``(D, H, W)`` and sliding window (32, 256, 256 for the weights).
         patch_size: ViT patch (default: the size's own, 4x16x16 for ``base``).
-        prompt_combos: Supervised prompt combinations, from :data:`COMBOS`.
-        max_categories: Most classes per training batch (0: all), drawn at random.
-        ssl_weight: Weight of the pseudo-mask term (0: off).
+        loss: Prompt combinations, classes per batch and weight of the pseudo-mask term.
         normalize: ``foreground`` clips each volume to its foreground's 0.05 / 99.95
             percentiles and scales it to [0, 1] (SegVol's preprocessing of raw intensities),
             ``minmax`` only scales, ``none`` keeps the data module's [0, 1] volumes.
@@ -119,10 +144,8 @@ class SegVol(SegVolInference):
         clip_dir: str | None = None,
         roi_size: tuple[int, int, int] = (32, 256, 256),
         patch_size: tuple[int, int, int] | None = None,
-        prompt_combos: tuple[str, ...] = COMBOS,
-        max_categories: int = 0,
-        ssl_weight: float = 0.1,
-        normalize: Normalization = "foreground",
+        loss: SegVolLoss = DEFAULT_LOSS,
+        normalize: UnitRange = "foreground",
         prompt: str = "text",
         zoom_in: bool = True,
         overlap: float = 0.5,
@@ -144,13 +167,7 @@ class SegVol(SegVolInference):
         protocol_clicks: int = 5,
     ) -> None:
         checks = {
-            "prompt_combos": (
-                prompt_combos,
-                bool(prompt_combos) and set(prompt_combos) <= set(COMBOS),
-            ),
             "prompt": (prompt, prompt in PROMPTS or "+".join(sorted(_kinds(prompt))) in PROMPTS),
-            "max_categories": (max_categories, max_categories >= 0),
-            "ssl_weight": (ssl_weight, ssl_weight >= 0),
             "normalize": (normalize, normalize in ("foreground", "minmax", "none")),
             "overlap": (overlap, 0 <= overlap < 1),
             "threshold": (threshold, 0 < threshold < 1),
@@ -162,6 +179,15 @@ class SegVol(SegVolInference):
             if not ok:
                 msg = f"invalid {name}: {value!r} (see the SegVol method's documentation)"
                 raise ValueError(msg)
+        self.arch = arch
+        self.checkpoint = checkpoint
+        self.clip_dir = clip_dir
+        self.roi_size = tuple(roi_size)
+        self.patch_size = None if patch_size is None else tuple(patch_size)
+        self.loss_options = loss
+        self.click_seed = click_seed
+        self.warmup_epochs = warmup_epochs
+        self.lr_schedule = lr_schedule
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -174,27 +200,24 @@ class SegVol(SegVolInference):
             protocol_clicks=protocol_clicks,
         )
         self.hparams["lr_schedule"] = lr_schedule
+        self.hparams["loss"] = asdict(loss)  # plain data: the checkpoint loads with weights_only
 
     # ------------------------------------------------------------------- set-up
     def configure_models(self) -> None:
         """Build the network and load the initial weights."""
-        h = self.hparams
-        extra = {} if h["patch_size"] is None else {"patch_size": tuple(h["patch_size"])}
+        extra = {} if self.patch_size is None else {"patch_size": self.patch_size}
         self.model = build_segvol(
-            h["arch"], clip_dir=h["clip_dir"], roi_size=tuple(h["roi_size"]), **extra
+            self.arch, clip_dir=self.clip_dir, roi_size=self.roi_size, **extra
         )
-        if h["checkpoint"]:
-            load_into(self.model, load_official(h["checkpoint"]))
+        if self.checkpoint:
+            load_into(self.model, load_official(self.checkpoint))
 
     def configure_optimizers(self) -> Any:
         """AdamW; ``warmup_cosine``: linear warm-up over ``warmup_epochs``, then cosine to 0."""
-        if self.hparams["lr_schedule"] != "warmup_cosine":
+        if self.lr_schedule != "warmup_cosine":
             return super().configure_optimizers()
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            params, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
-        )
-        warmup = self.hparams["warmup_epochs"]
+        optimizer = super().configure_optimizers()  # the base's AdamW, without a schedule
+        warmup = self.warmup_epochs
         total = max(int(self.trainer.max_epochs or 0), warmup + 1)
 
         def factor(epoch: int) -> float:
@@ -210,7 +233,7 @@ class SegVol(SegVolInference):
 
     def _to_window(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
         """Image, label and pseudo label resized to ``roi_size`` if they are not already."""
-        roi = tuple(self.hparams["roi_size"])
+        roi = self.roi_size
         image, label, pseudo = batch["image"], batch["label"], batch.get("pseudo_label")
         image = self._normalize(image)
         if tuple(image.shape[2:]) != roi:
@@ -226,7 +249,7 @@ class SegVol(SegVolInference):
     ) -> tuple[Tensor, Tensor, list[str]]:
         """Every sample x every class present in the batch: masks ``[N, *S]``, rows, names."""
         ids = [int(c) for c in torch.unique(label) if c > 0]
-        limit = self.hparams["max_categories"]
+        limit = self.loss_options.max_categories
         if limit and len(ids) > limit:
             ids = [ids[i] for i in torch.randperm(len(ids), generator=generator)[:limit]]
         rows = [(b, c) for c in ids for b in range(label.shape[0])]
@@ -244,7 +267,7 @@ class SegVol(SegVolInference):
         boxes: Tensor | None,
     ) -> Tensor:
         low = self.model.decode(embeddings, text, points, boxes)
-        return self.model.postprocess(low, self.hparams["roi_size"])
+        return self.model.postprocess(low, self.roi_size)
 
     def _supervised(
         self,
@@ -255,7 +278,7 @@ class SegVol(SegVolInference):
         generator: torch.Generator,
     ) -> Tensor:
         """Sum over the prompt combinations of Dice + BCE over all targets."""
-        combos = [_kinds(c) for c in self.hparams["prompt_combos"]]
+        combos = [_kinds(c) for c in self.loss_options.prompt_combos]
         full = torch.tensor([bool(m.any()) for m in masks], device=masks.device)
         text = None
         if any("text" in k for k in combos):
@@ -341,14 +364,12 @@ class SegVol(SegVolInference):
     def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor | None:
         generator = torch.Generator()
         generator.manual_seed(
-            int(torch.randint(2**31, (1,)))
-            if stage == "train"
-            else self.hparams["click_seed"] + batch_idx
+            int(torch.randint(2**31, (1,))) if stage == "train" else self.click_seed + batch_idx
         )
         image, label, pseudo = self._to_window(batch)
         masks, rows, names = self._targets(label, batch.get("classes"), generator)
         use_ssl = (
-            pseudo is not None and self.hparams["ssl_weight"] > 0 and bool((pseudo >= 0).any())
+            pseudo is not None and self.loss_options.ssl_weight > 0 and bool((pseudo >= 0).any())
         )
         if not len(rows) and not use_ssl:
             return None
@@ -363,7 +384,7 @@ class SegVol(SegVolInference):
             if use_ssl
             else embeddings.new_zeros(())
         )  # type: ignore[arg-type]
-        loss = sl + self.hparams["ssl_weight"] * ssl
+        loss = sl + self.loss_options.ssl_weight * ssl
         size = image.shape[0]
         self.log(f"{stage}_loss", loss, batch_size=size, prog_bar=True, sync_dist=stage != "train")
         self.log(f"{stage}_sl_loss", sl, batch_size=size, sync_dist=stage != "train")

@@ -10,16 +10,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from segfm.sample import Batch
 from segfm.errors import DataError
 from segfm.evaluation import CaseTable, dice, log_table, surface_dice
 from segfm.evaluation.interactive import ClassPrompt
 from segfm.evaluation.writers import write_prediction
+from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
 from segfm.methods.base import BaseTask
 from segfm.models.segvol import SegVol as SegVolNet
-from segfm.models.segvol.intensity import normalize_intensity
-from segfm.models.segvol.prompts import mask_box, sample_points
-from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
+from segfm.prompts import mask_box, sample_points
+from segfm.sample import Batch, CaseMeta
+from segfm.transforms.intensity import unit_range
 
 
 def prompt_kinds(prompt: str) -> set[str]:
@@ -45,9 +45,9 @@ class SegVolInference(BaseTask):
     ``prompt`` hyper-parameter says (boxes and points from the label); without a label, the data
     module's class names as text. The protocols of the evaluation harness call
     :meth:`segment_text` and :meth:`segment_interactive`. Volumes are brought to SegVol's input
-    scale by the ``normalize`` hyper-parameter (:func:`~segfm.models.segvol.intensity.
-    normalize_intensity`). Text tokens are cached per prompt string for the run: the text
-    encoder is frozen, so a class name is encoded once, not once per case.
+    scale by the ``normalize`` hyper-parameter (:func:`~segfm.transforms.intensity.unit_range`).
+    Text tokens are cached per prompt string for the run: the text encoder is frozen, so a class
+    name is encoded once, not once per case.
     """
 
     model: SegVolNet
@@ -65,7 +65,7 @@ class SegVolInference(BaseTask):
                     "with normalize: none; use normalize: foreground for raw intensities "
                     "(e.g. NpzDataModule's 0-255)"
                 )
-        return normalize_intensity(image, mode)
+        return unit_range(image, mode)
 
     @staticmethod
     def _name(classes: dict[int, Any] | None, class_id: int) -> str:
@@ -138,13 +138,16 @@ class SegVolInference(BaseTask):
         return prob, seg
 
     @torch.no_grad()
-    def segment_text(self, image: Tensor, spacing: list[float], prompts: dict[int, str]) -> Tensor:
+    def segment_text(
+        self, image: Tensor, spacing: list[float], prompts: dict[int, str], meta: CaseMeta
+    ) -> Tensor:
         """Segment the classes named by text (the text protocol's interface).
 
         Args:
             image: Intensities ``[D, H, W]``.
             spacing: Voxel size (unused: the network sees the volume resized to its window).
             prompts: Text per class id (put into SegVol's template).
+            meta: The case's metadata (unused).
 
         Returns:
             Label map ``[D, H, W]``.

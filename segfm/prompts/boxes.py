@@ -120,3 +120,18 @@ def volume_boxes(label: Tensor, class_ids: list[int]) -> dict[int, dict[str, int
             "z_mid_y_max": y1,
         }
     return out
+
+
+def mask_box(mask: Tensor) -> Tensor | None:
+    """The tight box ``(d0, h0, w0, d1, h1, w1)`` (corners inclusive) of a mask ``[D, H, W]``.
+
+    SegVol's box prompt; unlike the original (``utils/monai_inferers_utils.py``), an empty mask
+    gives no box instead of the sentinel ``[-1] * 6`` that the network would embed as a real one.
+
+    Returns:
+        Float ``[6]``, or None when the mask is empty.
+    """
+    found = torch.nonzero(mask)
+    if found.numel() == 0:
+        return None
+    return torch.cat([found.min(0).values, found.max(0).values]).float()

@@ -13,8 +13,8 @@ from scipy import ndimage
 
 from segfm.data.datamodules.embedding_pairs import EmbeddingPairDataModule
 from segfm.data.embedding_datasets import collate_pairs
-from segfm.data.io.embedding_volumes import normalize_intensity
 from segfm.errors import DataError
+from segfm.transforms.intensity import window_ct_mr
 from tests.data.embedding.data import build
 
 PATCH = (16, 32, 32)
@@ -33,7 +33,7 @@ def _source_at(path: Path, position_zyx: np.ndarray, kind: str = "none") -> np.n
     image = nib.load(path)
     world = np.concatenate([position_zyx[::-1], np.ones((1, position_zyx.shape[1]))])
     index = (np.linalg.inv(image.affine) @ world)[:3]  # (i, j, k) of the file
-    data = normalize_intensity(np.asarray(image.dataobj, np.float32), kind)  # type: ignore[arg-type]
+    data = window_ct_mr(np.asarray(image.dataobj, np.float32), kind)  # type: ignore[arg-type]
     out = ndimage.map_coordinates(data.astype(np.float64), index, order=1)
     inside = np.all((index >= 0) & (index <= np.asarray(data.shape)[:, None] - 1), axis=0)
     return np.where(inside, out, np.nan)

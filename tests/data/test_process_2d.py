@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from data_tools.process_2d import main, process
-from segfm.data.encoding25d import encode_volume, resample_label
 from segfm.errors import DataError
+from segfm.transforms.encoding25d import encode_volume, resample_label
 from tests.data.npz.data import PROMPTS, TRAIN, image_of, label_of
 
 SIZE = 48

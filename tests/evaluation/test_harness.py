@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.sample import ClassInfo
 from segfm.evaluation.harness import ProtocolHarness
+from segfm.sample import ClassInfo
 
 
 class _Logger:
@@ -86,13 +86,17 @@ def test_text_uses_the_cases_prompts_or_the_class_names(tmp_path: Path) -> None:
     harness = ProtocolHarness("text", tmp_path)
     seen: list[dict[int, str]] = []
 
-    def segment(image, spacing, prompts):
+    cases: list[str] = []
+
+    def segment(image, spacing, prompts, meta):
         seen.append(dict(prompts))
+        cases.append(meta["case_id"])
         return image.long()
 
     harness.run_batch(_batch("a", _label(0), text_prompts={1: "a liver", 2: "a spleen"}), segment)
     harness.run_batch(_batch("b", _label(0)), segment)
     assert seen == [{1: "a liver", 2: "a spleen"}, {1: "liver", 2: "spleen"}]
+    assert cases == ["a", "b"]  # each case's metadata reaches the segmenter
     assert [r["dsc"] for r in harness.cases.rows] == [1.0, 1.0]
     harness.finish()
     assert (tmp_path / "protocol_text_cases.csv").is_file()
@@ -116,10 +120,10 @@ def test_unknown_protocol() -> None:
 def test_merge_pools_every_process(tmp_path: Path) -> None:
     ours, theirs = ProtocolHarness("text", tmp_path), ProtocolHarness("text", tmp_path)
 
-    def perfect(image, spacing, prompts):
+    def perfect(image, spacing, prompts, meta):
         return image.long()
 
-    def nothing(image, spacing, prompts):
+    def nothing(image, spacing, prompts, meta):
         return torch.zeros(image.shape, dtype=torch.long)
 
     ours.run_batch(_batch("a", _label(0)), perfect)

@@ -16,7 +16,7 @@ def test_semantic_case_scores_only_prompted_classes_present() -> None:
     label[4:, :4] = 2  # 128 voxels
     seen = {}
 
-    def segment(image, spacing, prompts):
+    def segment(image, spacing, prompts, meta):
         seen.update(prompts)
         pred = torch.zeros_like(label)
         pred[:4] = 1  # class 1 perfect, class 2 missed
@@ -36,7 +36,7 @@ def test_instance_case_gives_f1() -> None:
     label[0, 10:13, 10:13] = 2
     label[0, 15:18, 1:4] = 3
 
-    def segment(image, spacing, prompts):
+    def segment(image, spacing, prompts, meta):
         pred = torch.zeros_like(label)
         pred[0, 1:4, 1:4] = 1  # matches instance 1
         pred[0, 10:13, 10:13] = 1  # binary: split into a second instance, matches 2
@@ -46,6 +46,20 @@ def test_instance_case_gives_f1() -> None:
     # TP 2, FP 0, FN 1: F1 = 2 * 2 / (2 * 2 + 0 + 1)
     assert out["f1"] == pytest.approx(0.8) and out["dsc_tp"] == pytest.approx(1.0)
     assert math.isnan(out["dsc"])
+
+
+def test_the_cases_metadata_reaches_the_segmenter() -> None:
+    label = torch.ones(2, 2, 2, dtype=torch.long)
+    seen = []
+
+    def segment(image, spacing, prompts, meta):
+        seen.append(meta)
+        return label
+
+    meta = {"case_id": "c1", "instance": True}
+    run_text(segment, torch.zeros(2, 2, 2), label, (1.0,) * 3, {1: "x"}, True, meta=meta)  # type: ignore[arg-type]
+    run_text(segment, torch.zeros(2, 2, 2), label, (1.0,) * 3, {1: "x"}, False)
+    assert seen == [meta, {}]
 
 
 def test_no_prompted_class_present() -> None:

@@ -5,11 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from segfm.methods.anatomical_embedding import AnatomicalEmbedding
+from segfm.methods.anatomical_embedding import (
+    AnatomicalEmbedding,
+    CoarseOptions,
+    FineOptions,
+    SemanticOptions,
+    Warmup,
+)
 
 
 def test_warmup_then_constant() -> None:
-    task = AnatomicalEmbedding(arch="tiny", lr=0.02, warmup_iters=10, warmup_ratio=0.001)
+    task = AnatomicalEmbedding(arch="tiny", lr=0.02, warmup=Warmup(iters=10, ratio=0.001))
     conf = task.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
@@ -29,6 +35,24 @@ def test_stage_checks() -> None:
     with pytest.raises(ValueError, match="stage"):
         AnatomicalEmbedding(stage="sam3")  # type: ignore[arg-type]
     assert AnatomicalEmbedding(stage="sam_pp", arch="tiny_pp").model.has_semantic
+    with pytest.raises(ValueError, match=r"semantic\.prob"):
+        SemanticOptions(prob=1.5)
+    with pytest.raises(ValueError, match="warmup"):
+        Warmup(ratio=0.0)
+    with pytest.raises(ValueError, match="momentum"):
+        AnatomicalEmbedding(arch="tiny", momentum=1.0)
+
+
+def test_options_reach_the_losses() -> None:
+    fine = FineOptions(pos_radius=3.0, num_candidates=123, num_negatives=7)
+    coarse = CoarseOptions(z_threshold=(4.0, 2.0), num_global=9)
+    task = AnatomicalEmbedding(arch="tiny", fine=fine, coarse=coarse, temperature=0.2)
+    got = task.fine_loss
+    assert (got.pos_radius, got.num_candidates, got.num_negatives) == (3.0, 123, 7)
+    assert (got.ignore_radius, got.temperature) == (20.0, 0.2)  # a default, the shared value
+    got = task.coarse_loss
+    assert (got.z_threshold, got.num_global, got.temperature) == ((4.0, 2.0), 9, 0.2)
+    assert task.hparams["coarse"]["num_global"] == 9  # plain data in the checkpoint
 
 
 def _pair_batch(shift_mm: float) -> dict:
@@ -56,8 +80,8 @@ def test_identity_error_is_the_shift() -> None:
 
 
 def test_sam_loss_backpropagates() -> None:
-    task = AnatomicalEmbedding(arch="tiny", num_candidates=200, num_queries=20, hard_pool=100,
-                               num_negatives=20, coarse_global=0)  # fmt: skip
+    fine = FineOptions(num_candidates=200, num_queries=20, hard_pool=100, num_negatives=20)
+    task = AnatomicalEmbedding(arch="tiny", fine=fine, coarse=CoarseOptions(num_global=0))
     batch = _pair_batch(8.0)
     parts = task.sam_loss(batch)
     parts["loss"].backward()

@@ -1,4 +1,4 @@
-"""BiomedParse method: loss on hand-built cases, NMS and merge, instances, prompt sampling."""
+"""BiomedParse method: loss on hand-built cases, instances, prompt sampling, options."""
 
 from __future__ import annotations
 
@@ -7,20 +7,16 @@ import random
 import pytest
 import torch
 
-from segfm.sample import ClassInfo
-from segfm.methods.biomedparse import (
-    BiomedParse,
-    edge_target,
-    merge,
-    split_instances,
-    suppress,
-)
+from segfm.inference.volume25d import SliceOptions
+from segfm.methods.biomedparse import BiomedParse, BiomedParseLoss, edge_target, split_instances
 from segfm.models.biomedparse import BiomedParseOutput
+from segfm.sample import ClassInfo
 
 
 @pytest.fixture
 def method() -> BiomedParse:
-    return BiomedParse(arch="tiny", image_size=64, num_prompts=4, edge_coeff=1.0)
+    loss = BiomedParseLoss(num_prompts=4, edge_coeff=1.0)
+    return BiomedParse(arch="tiny", image_size=64, loss=loss)
 
 
 def test_edge_target_is_morphological_gradient() -> None:
@@ -63,26 +59,6 @@ def test_loss_terms_weighting(method: BiomedParse) -> None:
     # seg loss itself: perfect logits give ~0 Dice + small BCE
     perfect = (target * 2 - 1) * 50
     assert method.seg_loss(perfect[:1], target[:1]).item() < 1e-3
-
-
-def test_suppress_and_merge_known_answer() -> None:
-    probs = torch.zeros(3, 4, 4)
-    probs[0, :2, :2] = 0.9  # class a, existence 0.8
-    probs[1, :2, :3] = 0.8  # overlaps a with IoU 4/6 > 0.5, existence 0.9: a is dropped
-    probs[2, 3, 3] = 0.95  # existence 0.4: dropped
-    existence = torch.tensor([0.8, 0.9, 0.4])
-    kept = suppress(probs, existence, 0.5, 0.5)
-    assert torch.equal(kept[0], torch.zeros(4, 4)) and torch.equal(kept[2], torch.zeros(4, 4))
-    assert torch.equal(kept[1], probs[1])
-    seg = merge(kept, [3, 7, 9])
-    expected = torch.zeros(4, 4, dtype=torch.long)
-    expected[:2, :3] = 7
-    assert torch.equal(seg, expected)
-    # one prompt: mask times existence > threshold
-    assert torch.equal(suppress(probs[:1], torch.tensor([0.4]), 0.5, 0.5), torch.zeros(1, 4, 4))
-    # merge: the larger probability wins, below 0.5 is background
-    two = torch.tensor([[[0.6, 0.4]], [[0.7, 0.3]]])
-    assert merge(two, [1, 2]).tolist() == [[2, 0]]
 
 
 def test_split_instances_six_connected() -> None:
@@ -131,11 +107,23 @@ def test_segment_volume_instances_and_nms(
     # two prompts with identical masks and equal existence: NMS keeps only the first by order
     both = method.segment_volume(image, {2: "a", 5: "b"}, instance=False)
     assert sorted(both.unique().tolist()) == [0, 2]
+    # the text protocol's interface splits instances where the case's metadata says so
+    spacing = [1.0, 1.0, 1.0]
+    assert torch.equal(method.segment_text(image, spacing, {5: "Lesion"}, {"instance": True}), seg)
+    assert torch.equal(method.segment_text(image, spacing, {5: "Lesion"}, {}), semantic)
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="num_prompts"):
-        BiomedParse(arch="tiny", num_prompts=0)
+        BiomedParse(arch="tiny", loss=BiomedParseLoss(num_prompts=0))
+    with pytest.raises(ValueError, match="edge_coeff"):
+        BiomedParseLoss(edge_coeff=-1.0)
+    with pytest.raises(ValueError, match="slice_batch_size"):
+        SliceOptions(slice_batch_size=0)
+    with pytest.raises(ValueError, match="nms_iou"):
+        SliceOptions(nms_iou=0.0)
+    with pytest.raises(ValueError, match="existence_threshold"):
+        SliceOptions(existence_threshold=1.0)
     with pytest.raises(ValueError, match="clip_dir"):
         BiomedParse(arch="v2")
     with pytest.raises(ValueError, match="multiple of 32"):

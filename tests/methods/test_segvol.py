@@ -1,4 +1,4 @@
-"""SegVol method: training step, prompt rules, pseudo masks, schedule, zoom-out-zoom-in."""
+"""SegVol method: training step, prompt rules, pseudo masks, schedule, protocol segmenters."""
 
 from __future__ import annotations
 
@@ -7,17 +7,14 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 from data_tools.tiny_clip import write_tiny_clip
 from segfm.errors import DataError
 from segfm.evaluation.interactive import ClassPrompt
-from segfm.methods.segvol import SegVol, dice_bce
+from segfm.methods.segvol import SegVol, SegVolLoss, dice_bce
 from segfm.methods.segvol_inference import cvpr_box
-from segfm.models.segvol.intensity import _percentile, normalize_intensity
-from segfm.models.segvol.zoom import ClassPrompts, zoom_out_zoom_in
 from segfm.sample import ClassInfo
 
 ROI = (16, 32, 32)
@@ -128,13 +125,13 @@ def test_every_class_and_combo_is_decoded_on_one_embedding(clip_dir: Path, class
 
 
 def test_max_categories_limits_the_targets(clip_dir: Path) -> None:
-    method = _method(clip_dir, max_categories=1, prompt_combos=("text",))
+    method = _method(clip_dir, loss=SegVolLoss(max_categories=1, prompt_combos=("text",)))
     masks, rows, names = method._targets(_batch(3)["label"][:, 0], [NAMES] * 2, torch.Generator())
     assert masks.shape[0] == 2 and rows.tolist() == [0, 1] and names[0] == names[1]
 
 
 def test_pseudo_term_only_with_pseudo_masks(clip_dir: Path) -> None:
-    method = _method(clip_dir, prompt_combos=("box",))
+    method = _method(clip_dir, loss=SegVolLoss(prompt_combos=("box",)))
     logged: dict[str, float] = {}
     method.log = lambda name, value, **k: logged.__setitem__(name, float(value.detach()))
     method._step(_batch(pseudo=True), 0, "val")
@@ -194,76 +191,21 @@ def test_warmup_cosine_schedule(clip_dir: Path) -> None:
 
 
 def test_bad_options_are_refused(clip_dir: Path) -> None:
-    for bad in ({"prompt": "mask"}, {"prompt_combos": ("text", "scribble")}, {"overlap": 1.0}):
+    for bad in ({"prompt": "mask"}, {"overlap": 1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             _method(clip_dir, **bad)
-
-
-class _Constant:
-    """Wraps a network's decode to return a fixed logit (a stand-in for a trained decoder)."""
-
-    def __init__(self, model, value: float) -> None:
-        self.model, self.value, self.encodes = model, value, 0
-        self.roi_size = model.roi_size
-        self.postprocess = model.postprocess
-
-    def encode(self, image):
-        self.encodes += image.shape[0] > 0
-        return self.model.encode(image)
-
-    def decode(self, emb, text=None, points=None, boxes=None):
-        low = self.model.decode(emb, text, points, boxes)
-        return torch.full_like(low, self.value)
-
-
-def test_zoom_in_covers_the_foreground_with_windows(clip_dir: Path) -> None:
-    model = _method(clip_dir).model.eval()
-    image = torch.rand(1, 48, 96, 96)
-    text = model.embed_text(["liver"])[0]
-    everywhere = _Constant(model, 5.0)
-    logits = zoom_out_zoom_in(everywhere, image, [ClassPrompts(text)], sw_batch_size=8)
-    assert logits.shape == (1, 48, 96, 96)
-    # global pass + windows of 16x32x32 at half overlap over the whole volume: 5 x 5 x 5 = 125
-    assert everywhere.encodes == 1 + math.ceil(125 / 8)
-    torch.testing.assert_close(logits, torch.full_like(logits, 5.0))
-    nowhere = _Constant(model, -5.0)
-    zoom_out_zoom_in(nowhere, image, [ClassPrompts(text)])
-    assert nowhere.encodes == 1  # nothing found: no zoom-in
-
-
-def test_zoom_in_box_mode_without_text_keeps_global_logits_where_no_box(clip_dir: Path) -> None:
-    model = _method(clip_dir).model.eval()
-    image = torch.rand(1, 24, 48, 48)
-    box = torch.tensor([0.0, 0, 0, 23, 47, 47])
-    logits = zoom_out_zoom_in(model, image, [ClassPrompts(box=box)], zoom_in=True)
-    assert logits.shape == (1, 24, 48, 48) and torch.isfinite(logits).all()
+    for loss in ({"prompt_combos": ("text", "scribble")}, {"ssl_weight": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(loss))):
+            SegVolLoss(**loss)
 
 
 def test_segment_text_and_predict_without_label(clip_dir: Path) -> None:
     method = _method(clip_dir).eval()
-    seg = method.segment_text(torch.rand(20, 40, 36), [1.0, 1.0, 1.0], {2: "liver", 5: "kidney"})
+    seg = method.segment_text(torch.rand(20, 40, 36), [1.0] * 3, {2: "liver", 5: "kidney"}, {})
     assert seg.shape == (20, 40, 36) and set(torch.unique(seg).tolist()) <= {0, 2, 5}
     method.hparams["prompt"] = "box"
     with pytest.raises(DataError, match="no label"):
         method._class_prompts(None, [1], ["liver"], torch.Generator(), "case_x")
-
-
-def test_foreground_normalization_matches_segvol_preprocessing() -> None:
-    from data_tools.build_dataset import normalize
-    from segfm.data.m3d_datasets import min_max
-
-    generator = np.random.default_rng(0)
-    volume = generator.integers(0, 256, (2, 12, 20, 18)).astype(np.uint8)  # npz's 0-255
-    volume[1, :, :4] = 255  # a bright slab: the 99.95 % clip matters
-    got = normalize_intensity(torch.from_numpy(volume)[:, None], "foreground")[:, 0]
-    for v in range(2):  # build_dataset's clip and z-score, then the data module's min-max
-        want = min_max(normalize(volume[v]))
-        np.testing.assert_allclose(got[v].numpy(), want, atol=1e-5)
-    assert got.min() == 0 and got.max() == 1
-    for n in (1, 2, 7, 1000):  # the kthvalue percentile is numpy's
-        values = torch.from_numpy(generator.normal(size=n))
-        for q in (0.05, 50.0, 99.95):
-            assert float(_percentile(values, q)) == pytest.approx(np.percentile(values, q))
 
 
 def test_normalize_none_keeps_unit_volumes_and_warns_on_raw_ones(clip_dir: Path) -> None:
@@ -287,8 +229,8 @@ def test_text_tokens_are_cached_per_prompt_until_the_next_run(clip_dir: Path) ->
 
     method.model.embed_text = recording  # type: ignore[method-assign]
     image = torch.rand(16, 32, 32)
-    first = method.segment_text(image, [1.0] * 3, {1: "liver", 2: "kidney"})
-    again = method.segment_text(image, [1.0] * 3, {2: "kidney", 3: "liver", 4: "spleen"})
+    first = method.segment_text(image, [1.0] * 3, {1: "liver", 2: "kidney"}, {})
+    again = method.segment_text(image, [1.0] * 3, {2: "kidney", 3: "liver", 4: "spleen"}, {})
     assert asked == [["liver", "kidney"], ["spleen"]]  # each string encoded once
     torch.testing.assert_close(method.text_tokens(["liver"]), embed(["liver"]))
     assert first.shape == again.shape == image.shape

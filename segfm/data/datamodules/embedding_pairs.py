@@ -14,11 +14,9 @@ from segfm.data.embedding_datasets import (
     collate_pairs,
 )
 from segfm.data.io.checks import Report
-from segfm.data.io.embedding_volumes import (
-    Intensity,
-    read_index,
-)
+from segfm.data.io.embedding_volumes import read_index
 from segfm.data.io.embedding_volumes_checks import check_embedding_root
+from segfm.transforms.intensity import Window
 
 
 class EmbeddingPairDataModule(BaseDataModule):
@@ -81,7 +79,7 @@ class EmbeddingPairDataModule(BaseDataModule):
         noise_std: float = 0.001,
         rotation_deg: float = 0.0,
         cross_modal_aug: bool = False,
-        intensity: Intensity = "auto",
+        intensity: Window = "auto",
         semantic_pairs: int = 0,
         semantic_index_csv: str | None = None,
         semantic_patch_size: Triple = (60, 90, 90),

@@ -9,7 +9,6 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from segfm.data.base import BaseDataModule
-from segfm.data.encoding25d import multi_view_axes, plan, slice_axis
 from segfm.data.io.checks import Report
 from segfm.data.io.npz_cvpr import (
     CLASS_PROMPTS,
@@ -31,6 +30,7 @@ from segfm.data.splits import read_split_file, split_cases
 from segfm.data.volume_chunks import VolumeChunkSampler
 from segfm.errors import DataError
 from segfm.sample import Sample, collate
+from segfm.transforms.encoding25d import multi_view_axes, plan, slice_axis
 
 _SPLITS_OF = {"fit": ("train", "val"), "validate": ("val",)}
 Mode = Literal["volumes", "slices", "slices25d"]
@@ -56,8 +56,8 @@ class NpzDataModule(BaseDataModule):
       ``spacing`` [2], ``meta`` also {slice_index, path}, as
       :class:`~segfm.data.NpySliceDataModule` yields.
     - ``slices25d`` (BiomedParse v2): every slice of every exported view of the volumes
-      (:func:`~segfm.data.encoding25d.multi_view_axes`, only axis 0 unless ``multi_view``),
-      encoded on the fly as :mod:`segfm.data.encoding25d` describes (the pixels
+      (:func:`~segfm.transforms.encoding25d.multi_view_axes`, only axis 0 unless ``multi_view``),
+      encoded on the fly as :mod:`segfm.transforms.encoding25d` describes (the pixels
       ``python -m data_tools.process_2d`` writes, see :class:`~segfm.data.PngSliceDataModule`):
       ``image`` float32 [3, S, S] of raw 0-255 values (channels: the slice, the one before, the
       one after), ``label`` int64 [1, S, S], ``classes`` of *all* the dataset's classes (absent

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from segfm.data.datamodules.npz import NpzDataModule
-from segfm.data.encoding25d import Geometry, multi_view_axes, plan, slice_axis
 from segfm.data.io.checks import Report
 from segfm.data.io.npz_cvpr import NpzCase, inspect_case, read_case
 from segfm.data.io.png_slices import ListedPng, list_processed
 from segfm.data.io.png_slices_checks import check_png_slices
 from segfm.data.slices25d_datasets import SliceItem, pixel_spacing
+from segfm.transforms.encoding25d import Geometry, multi_view_axes, plan, slice_axis
 
 
 class PngSliceDataModule(NpzDataModule):

@@ -10,8 +10,9 @@ about 2 mm) under a root folder and an index CSV with a header. This reader is t
   row per patient, each file with optional ``<stem>_mask.nii.gz``.
 
 Arrays are ``[Z, Y, X]``; ``affine`` maps array index ``(z, y, x, 1)`` to world mm (NIfTI RAS+).
-Intensities are normalised as the original's ``RescaleIntensity``: CT clipped to
-[-1024, 3071] HU, MR to its 0.2 / 99.8 percentiles, mapped to [0, 255], minus 50.
+Intensities are normalised as the original's ``RescaleIntensity``
+(:func:`segfm.transforms.intensity.window_ct_mr`): CT clipped to [-1024, 3071] HU, MR to its
+0.2 / 99.8 percentiles, mapped to [0, 255], minus 50.
 """
 
 from __future__ import annotations
@@ -20,16 +21,12 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
 from segfm.data.io.nifti import read_nifti
 from segfm.errors import DataError
-
-Intensity = Literal["ct", "mr", "auto", "none"]
-#: value subtracted after scaling to [0, 255] (the original's bias)
-INTENSITY_BIAS = 50.0
+from segfm.transforms.intensity import Window, window_ct_mr
 
 
 @dataclass(frozen=True)
@@ -143,32 +140,14 @@ def read_index(root: str | os.PathLike[str], index_csv: str, pairs: bool = False
     return out
 
 
-def normalize_intensity(image: np.ndarray, kind: Intensity) -> np.ndarray:
-    """CT window or MR percentiles to [0, 255], minus :data:`INTENSITY_BIAS` (float32).
-
-    ``auto`` treats a volume whose minimum is below -500 as CT; ``none`` returns it unchanged.
-    """
-    x = image.astype(np.float32)
-    if kind == "none":
-        return x
-    if kind == "auto":
-        kind = "ct" if float(x.min()) < -500 else "mr"
-    if kind == "ct":
-        low, high = -1024.0, 3071.0
-    else:
-        low, high = (float(v) for v in np.percentile(x, (0.2, 99.8)))
-    scaled = (np.clip(x, low, high) - low) / max(high - low, 1e-6) * 255.0
-    return (scaled - INTENSITY_BIAS).astype(np.float32)
-
-
-def read_prepared(row: IndexRow, intensity: Intensity = "auto") -> PreparedVolume:
+def read_prepared(row: IndexRow, intensity: Window = "auto") -> PreparedVolume:
     """Read a row's image (normalised), mask and label.
 
     Raises:
         DataError: If a file is unreadable or the mask / label grid differs from the image's.
     """
     volume = read_nifti(row.image)
-    kind: Intensity = (
+    kind: Window = (
         row.modality if row.modality in ("ct", "mr") and intensity == "auto" else intensity
     )  # type: ignore[assignment]
     extra: dict[str, np.ndarray | None] = {"mask": None, "label": None}
@@ -183,7 +162,7 @@ def read_prepared(row: IndexRow, intensity: Intensity = "auto") -> PreparedVolum
             raise DataError(msg)
         extra[key] = other.array > 0 if key == "mask" else other.array.astype(np.int64)
     return PreparedVolume(
-        image=normalize_intensity(volume.array, kind),
+        image=window_ct_mr(volume.array, kind),
         affine=np.asarray(volume.affine, np.float64)[:, [2, 1, 0, 3]],
         spacing=np.asarray(volume.spacing, np.float64),
         mask=extra["mask"],

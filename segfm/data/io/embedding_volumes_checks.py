@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from segfm.data.io.checks import Report, check_image, check_spacing, progress
-from segfm.data.io.embedding_volumes import Intensity, read_index, read_prepared
+from segfm.data.io.embedding_volumes import read_index, read_prepared
+from segfm.transforms.intensity import Window
 
 
 def check_embedding_root(
@@ -13,7 +14,7 @@ def check_embedding_root(
     root: Path,
     index_csvs: list[str],
     pairs: bool = False,
-    intensity: Intensity = "auto",
+    intensity: Window = "auto",
     max_cases: int | None = None,
 ) -> None:
     """Check the index CSVs and read every listed volume with its body mask and labels.

@@ -2,13 +2,14 @@
 
 The released weights expect this input, built by the original in three places that segfm all
 serves from here: ``process_2D.py`` (the PNG tool, :mod:`data_tools.process_2d`), its training
-loader (:class:`~segfm.data.biomedparse.BiomedParseDataModule`) and 3D inference
-(``utils.process_input`` + ``BiomedParseModel.forward_eval``). Despite the name there is no
-fractal curve: a volume is cut along one axis and every slice becomes an RGB image of itself and
-its two neighbours, ``[i, i-1, i+1]``, a missing neighbour mirrored (``i = 0`` uses slice 1 twice,
-the last slice ``D-2`` twice, a volume of one slice three copies of it). Each slice is padded to
-a centred square with zeros and resized to ``size`` (512): bicubic for images, nearest for
-labels. Resizing acts on each slice alone, so stacking neighbours before or after it is the same.
+loader (segfm's npz data module, 2.5D slices) and 3D inference (``utils.process_input`` +
+``BiomedParseModel.forward_eval``, :mod:`segfm.inference.volume25d`). Despite the name there is
+no fractal curve: a volume is cut along one axis and every slice becomes an RGB image of itself
+and its two neighbours, ``[i, i-1, i+1]``, a missing neighbour mirrored (``i = 0`` uses slice 1
+twice, the last slice ``D-2`` twice, a volume of one slice three copies of it). Each slice is
+padded to a centred square with zeros and resized to ``size`` (512): bicubic for images,
+nearest for labels (:mod:`segfm.transforms.resize`). Resizing acts on each slice alone, so
+stacking neighbours before or after it is the same.
 
 The two original paths differ, and :func:`encode_volume` keeps both (``inference``):
 
@@ -41,17 +42,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from segfm.transforms.resize import quantize, resize
+
 Array = TypeVar("Array", np.ndarray, Tensor)
 #: zeros added to a slice: ``(top, bottom, left, right)``
 Padding = tuple[int, int, int, int]
-NearestRule = Literal["cv2", "torch"]
 
 #: views whose shape ratios are all below this count as near-cubic (and the slice plane as square)
 SHAPE_RATIO_LIMIT = 0.5
@@ -187,79 +189,6 @@ def unpad(x: Array, padding: Padding) -> Array:
     """Remove the padding of :func:`pad_square` from the last two axes."""
     top, bottom, left, right = padding
     return x[..., top : x.shape[-2] - bottom, left : x.shape[-1] - right]
-
-
-def nearest_indices(n_in: int, n_out: int, rule: NearestRule = "cv2") -> np.ndarray:
-    """Source index of every output pixel of a nearest resize from ``n_in`` to ``n_out``.
-
-    Args:
-        n_in: Input length.
-        n_out: Output length.
-        rule: ``cv2`` (``cv2.resize(..., INTER_NEAREST)``: ``floor(x * (1 / (out / in)))`` in
-            float64) or ``torch`` (``F.interpolate(..., mode="nearest")``: ``floor(x * (in /
-            out))`` in float32). Both clip to ``n_in - 1``.
-
-    Returns:
-        int64 ``[n_out]``.
-    """
-    x = np.arange(n_out)
-    if rule == "cv2":
-        index = np.floor(x * (1.0 / (n_out / n_in)))
-    elif rule == "torch":
-        scale = np.float32(n_in) / np.float32(n_out)
-        index = np.floor(x.astype(np.float32) * scale)
-    else:
-        msg = f"unknown nearest rule {rule!r}; use 'cv2' or 'torch'"
-        raise ValueError(msg)
-    return np.minimum(index.astype(np.int64), n_in - 1)
-
-
-def resize(
-    x: Tensor,
-    size: int | tuple[int, int],
-    mode: Literal["bicubic", "nearest"],
-    rule: NearestRule = "cv2",
-) -> Tensor:
-    """Resize the last two axes as the original does.
-
-    Args:
-        x: ``[..., h, w]``.
-        size: Output side, or ``(rows, columns)``.
-        mode: ``bicubic`` (float32 result, neither rounded nor clipped; see :func:`quantize`) or
-            ``nearest`` (same dtype, values copied, see :func:`nearest_indices`).
-        rule: Index rule of ``nearest``.
-
-    Returns:
-        ``[..., *size]``.
-    """
-    rows, cols = (size, size) if isinstance(size, int) else size
-    if mode == "nearest":
-        r = torch.from_numpy(nearest_indices(x.shape[-2], rows, rule)).to(x.device)
-        c = torch.from_numpy(nearest_indices(x.shape[-1], cols, rule)).to(x.device)
-        return x[..., r[:, None], c[None, :]]
-    if mode != "bicubic":
-        msg = f"unknown resize mode {mode!r}; use 'bicubic' or 'nearest'"
-        raise ValueError(msg)
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, 1, *x.shape[-2:]).float()
-    out = F.interpolate(flat, size=(rows, cols), mode="bicubic", align_corners=False)
-    return out.reshape(*lead, rows, cols)
-
-
-def quantize(x: Tensor, rounding: Literal["round", "truncate"]) -> Tensor:
-    """Integer grey values of a bicubic result, as float32.
-
-    Args:
-        x: Resized intensities.
-        rounding: ``round`` (cv2 on uint8: to nearest, clipped to 0-255) or ``truncate``
-            (``.int()`` of the inference path: towards zero, not clipped).
-
-    Returns:
-        Same shape, integer-valued float32.
-    """
-    if rounding == "round":
-        return x.round().clamp_(0, 255)
-    return x.trunc()
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,13 @@
-"""SegVol's prompt simulation from binary masks: a tight box and a fixed-size point set.
+"""Point prompts from 3D binary masks: SegVol's fixed-size set of positives and negatives.
 
 Unlike the original (``utils/monai_inferers_utils.py``), an empty mask gives *no* prompt
-(``None``) instead of sentinel coordinates (-1) that the network would embed as a real box.
+(``None``) instead of sentinel coordinates (-1) that the network would embed as real points.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-
-def mask_box(mask: Tensor) -> Tensor | None:
-    """The tight box ``(d0, h0, w0, d1, h1, w1)`` (corners inclusive) of a mask ``[D, H, W]``.
-
-    Returns:
-        Float ``[6]``, or None when the mask is empty.
-    """
-    found = torch.nonzero(mask)
-    if found.numel() == 0:
-        return None
-    return torch.cat([found.min(0).values, found.max(0).values]).float()
 
 
 def _pick(candidates: Tensor, count: int, generator: torch.Generator | None) -> Tensor:

@@ -3,12 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segfm.data.encoding25d import (
+from segfm.transforms.encoding25d import (
     decode_slices,
     encode_slice,
     encode_volume,
     multi_view_axes,
-    nearest_indices,
     neighbour_indices,
     pad_square,
     plan,
@@ -19,6 +18,7 @@ from segfm.data.encoding25d import (
     stack_neighbours,
     unpad,
 )
+from segfm.transforms.resize import nearest_indices
 
 
 def numbered(d, h=4, w=4, axis=0):

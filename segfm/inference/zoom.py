@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
-from segfm.models.segvol.prompts import mask_box
-from segfm.models.segvol.segvol import SegVol
+from segfm.models.segvol import SegVol
+from segfm.prompts.boxes import mask_box
 
 
 @dataclass
