@@ -16,6 +16,7 @@ from segfm.checkpoints.biomedparse import load_into
 from segfm.data.encoding25d import decode_slices, encode_volume
 from segfm.sample import Batch
 from segfm.errors import ConfigError
+from segfm.evaluation.options import Evaluation
 from segfm.evaluation.writers import write_prediction
 from segfm.methods.base import BaseTask
 from segfm.models.biomedparse import BiomedParse as Network
@@ -191,6 +192,7 @@ class BiomedParse(BaseTask):
             output_dir=output_dir,
             export_official=export_official,
             protocol=protocol,
+            evaluation=Evaluation(save_predictions=save_predictions),
         )
 
     # ------------------------------------------------------------------- set-up
