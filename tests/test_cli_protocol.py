@@ -60,7 +60,9 @@ def test_fit_on_npz_then_interactive_protocol(method: str, npz_root: Path, tmp_p
                 "interactive",
                 "--model.init_args.output_dir",
                 str(out),
-                "--model.init_args.num_overlays",
+                "--model.init_args.evaluation.clicks",
+                "5",
+                "--model.init_args.evaluation.num_overlays",
                 "2",
             ]
         )

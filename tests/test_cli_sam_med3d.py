@@ -54,19 +54,23 @@ def test_fit_n_click_test_predict_export(nnunet_root: Path, tmp_path: Path) -> N
     state = torch.load(ckpt, weights_only=True, map_location="cpu")["state_dict"]
     assert set(twin["model_state_dict"]) == {k.removeprefix("model.") for k in state}
 
+    # SAM-Med3D's own test: the interactive protocol with N clicks and no box
     clicks = 3
-    main(["test", *common, "--ckpt_path", str(ckpt), "--model.init_args.num_clicks", str(clicks)])
-    rows = _rows(run / "test_clicks.csv")
-    per_target = Counter((r["case"], r["class_id"]) for r in rows)
-    assert per_target and set(per_target.values()) == {clicks}
+    main(["test", *common, "--ckpt_path", str(ckpt), "--model.init_args.evaluation.clicks", "3"])
+    rows = _rows(run / "protocol_interactive_steps.csv")
+    per_case = Counter(r["case"] for r in rows)
+    assert per_case and set(per_case.values()) == {clicks}
+    assert {r["prompt"] for r in rows} == {"click"}
     for r in rows:
         assert 0.0 <= float(r["dsc"]) <= 1.0 and 0.0 <= float(r["nsd"]) <= 1.0
-    first = [r for r in rows if r["click"] == "1"]
-    assert all(r["click_label"] == "fg" for r in first)  # nothing predicted yet: a miss
-    curve = _rows(run / "test_click_curve.csv")
-    assert [int(r["click"]) for r in curve] == list(range(1, clicks + 1))
-    cases = {r["case"] for r in _rows(run / "test_cases.csv")}
-    assert cases == {case for case, _ in per_target}
+    classes = _rows(run / "protocol_interactive_classes.csv")
+    assert classes and all(r["clicks"][0] == "f" for r in classes)  # nothing predicted: a miss
+    table = _rows(run / "protocol_interactive_cases.csv")
+    for r in table:  # the score after every click, the last one the result
+        assert [f"dsc_{k}" in r for k in range(1, clicks + 2)] == [True] * clicks + [False]
+        assert float(r["dsc_final"]) == float(r[f"dsc_{clicks}"])
+    cases = {r["case"] for r in table}
+    assert cases == set(per_case)
     for case in cases:  # pasted back onto the source grid, with its affine
         pred = nib.load(run / "predictions" / f"{case}.nii.gz")
         source = nib.load(_source_image(nnunet_root, case))
@@ -93,7 +97,7 @@ def test_fit_n_click_test_predict_export(nnunet_root: Path, tmp_path: Path) -> N
             *common,
             "--ckpt_path",
             str(ckpt),
-            "--model.init_args.clicks_file",
+            "--model.init_args.evaluation.clicks_file",
             str(clicks_file),
             "--model.init_args.output_dir",
             str(out),
@@ -163,7 +167,7 @@ def test_class_folder_layout_fit_and_test(class_folder_root: Path, tmp_path: Pat
     run = tmp_path / "lightning_logs" / "run"
     ckpt = sorted((run / "checkpoints").glob("*.ckpt"))[-1]
     main(["test", *common, "--ckpt_path", str(ckpt)])
-    cases = [r["case"] for r in _rows(run / "test_cases.csv")]
+    cases = [r["case"] for r in _rows(run / "protocol_interactive_cases.csv")]
     assert cases and all(c.count("/") == 2 for c in cases)  # class/dataset/case
     for case in cases:
         pred = nib.load(run / "predictions" / f"{case}.nii.gz")

@@ -1,4 +1,4 @@
-"""SegVol from the command line: fit, zoom-out-zoom-in test and predict, official export."""
+"""SegVol from the command line: fit, the text protocol (its own test) and predict, export."""
 
 from __future__ import annotations
 
@@ -51,9 +51,11 @@ def test_fit_then_zoom_out_zoom_in_test_and_predict(tmp_path: Path) -> None:
     for key, value in official.items():
         assert torch.equal(value, state["model." + key])
 
-    # the volumes (24 x 36 x 40) are larger than the 16 x 32 x 32 window in every axis
-    main(["test", *common, "--ckpt_path", str(ckpt), "--model.init_args.prompt", "box+text"])
-    rows = _rows(run / "test_classes.csv")
+    # SegVol's own test (protocol native): the text protocol, zoom-out-zoom-in of every
+    # labelled class prompted by its name; the volumes (24 x 36 x 40) are larger than the
+    # 16 x 32 x 32 window in every axis
+    main(["test", *common, "--ckpt_path", str(ckpt)])
+    rows = _rows(run / "protocol_text_classes.csv")
     expected = {
         (f"{code}/{case}", str(c), CODES[code][c - 1])
         for code, cases in TEST.items()
@@ -62,9 +64,11 @@ def test_fit_then_zoom_out_zoom_in_test_and_predict(tmp_path: Path) -> None:
     }
     assert {(r["case"], r["class_id"], r["class_name"]) for r in rows} == expected
     for r in rows:
-        assert r["prompt"] == "box+text"
-        for key in ("dsc_segvol", "dsc", "nsd"):
+        assert r["prompt"] == r["class_name"]
+        for key in ("dsc", "nsd"):
             assert 0.0 <= float(r[key]) <= 1.0
+    cases = _rows(run / "protocol_text_cases.csv")
+    assert len(cases) == sum(len(c) for c in TEST.values())
     for code, cases in TEST.items():
         for case in cases:
             pred = nib.load(run / "predictions" / code / f"{case}.nii.gz")

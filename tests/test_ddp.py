@@ -69,7 +69,7 @@ def test_ddp_two_cpu_processes_fit_then_test_each_case_once(npy_slices_root, tmp
     data.setup("test")
     expected = sorted(p.stem for p in data.datasets["test"].paths)
     assert len(expected) == 3
-    with (run / "test_cases.csv").open() as f:
+    with (run / "protocol_interactive_cases.csv").open() as f:
         cases = [row["case"] for row in csv.DictReader(f)]
     assert sorted(cases) == expected, f"each test case exactly once, got {cases}"
     predictions = sorted(p.name.removesuffix(".nii.gz") for p in (run / "predictions").iterdir())
@@ -93,7 +93,7 @@ def test_ddp_interactive_protocol_scores_each_case_once(npz_root, tmp_path):
             "32",
             "--model.init_args.protocol",
             "interactive",
-            "--model.init_args.protocol_clicks",
+            "--model.init_args.evaluation.clicks",
             "2",
             "--model.init_args.output_dir",
             str(out),

@@ -4,7 +4,6 @@ from segfm.evaluation.curves import auc, summarise_steps
 from segfm.evaluation.image_logging import log_image, log_table
 from segfm.evaluation.instances import instance_f1, split_binary
 from segfm.evaluation.metrics import (
-    case_scores,
     dice,
     hd95,
     interactive_case_scores,
@@ -18,7 +17,6 @@ from segfm.evaluation.table import CaseTable
 __all__ = [
     "CaseTable",
     "auc",
-    "case_scores",
     "dice",
     "hd95",
     "instance_f1",

@@ -9,7 +9,8 @@ and writes, under the output folder:
 - ``protocol_interactive_steps.csv`` (one row per case and step);
 - ``predictions/``: npz in the challenge's submission layout for npz inputs, NIfTI on the source
   grid otherwise;
-- ``overlays/``: the worst and the best case;
+- ``overlays/``: the worst and the best case (reference and prediction on the slice where the
+  reference is largest, with the class legend, the case and its score);
 
 and sends the tables and the overlays to the active loggers (a W&B table when W&B is on).
 """
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from segfm.evaluation.image_logging import log_image, log_table
 from segfm.evaluation.interactive import Segmenter, run_interactive
+from segfm.evaluation.options import ClickRule
 from segfm.evaluation.overlay import overlay, save_png
 from segfm.evaluation.table import CaseTable
 from segfm.evaluation.text import TextSegmenter, run_text
@@ -42,9 +44,11 @@ class ProtocolHarness:
     Args:
         protocol: ``interactive`` (box, then clicks) or ``text``.
         output_dir: Folder of the tables, predictions and overlays.
-        num_clicks: Click steps of the interactive protocol.
+        num_clicks: Click steps of the interactive protocol (0: the box alone).
         tolerance: NSD tolerance in mm.
         seed: Seed of the click rule.
+        box: Start the interactive protocol with the boxes; False: clicks only.
+        click_rule: ``center`` (CVPR 2025) or ``random`` (SAM-Med3D's training rule).
         boxes_from_mask: Give classes without a box in the data (``meta["boxes"]``) the box of
             their reference mask; when False such cases skip the box step, as in the challenge.
         save_predictions: Write the predictions.
@@ -61,9 +65,14 @@ class ProtocolHarness:
         boxes_from_mask: bool = True,
         save_predictions: bool = True,
         num_overlays: int = 2,
+        box: bool = True,
+        click_rule: ClickRule = "center",
     ) -> None:
         if protocol not in ("interactive", "text"):
             msg = f"unknown protocol {protocol!r}; choose interactive or text"
+            raise ValueError(msg)
+        if protocol == "interactive" and not box and num_clicks < 1:
+            msg = "an interactive protocol without boxes needs clicks >= 1"
             raise ValueError(msg)
         self.protocol = protocol
         self.output_dir = Path(output_dir)
@@ -73,12 +82,14 @@ class ProtocolHarness:
         self.boxes_from_mask = boxes_from_mask
         self.save_predictions = save_predictions
         self.num_overlays = num_overlays
+        self.box = box
+        self.click_rule = click_rule
         self.reset()
 
     def reset(self) -> None:
         """Start a new epoch: empty tables, no overlay candidates."""
         if self.protocol == "interactive":
-            steps = range(1, self.num_clicks + 2)
+            steps = range(1, self.num_clicks + 1 + int(self.box))
             metrics = ["dsc_auc", "nsd_auc", "dsc_final", "nsd_final", "seconds"]
             metrics += [f"dsc_{k}" for k in steps] + [f"nsd_{k}" for k in steps]
         else:
@@ -90,8 +101,15 @@ class ProtocolHarness:
         self.unscored: list[str] = []
 
     # ---------------------------------------------------------------- per case
-    def run_batch(self, batch: dict[str, Any], segment: Segmenter | TextSegmenter) -> list[float]:
-        """Run the protocol on every case of a batch; returns each case's headline score."""
+    def run_batch(
+        self, batch: dict[str, Any], segment: Segmenter | TextSegmenter
+    ) -> list[dict[str, float]]:
+        """Run the protocol on every case of a batch.
+
+        Returns:
+            Per case its headline ``score`` (the final DSC, the DSC, or the F1 of an instance
+            case) and, for the interactive protocol, the final ``dsc`` and ``nsd``.
+        """
         if batch["image"].ndim != 5:
             msg = (
                 f"the {self.protocol} protocol runs on volumes [B, 1, D, H, W], got "
@@ -130,7 +148,7 @@ class ProtocolHarness:
         spacing: Sequence[float],
         meta: dict[str, Any],
         classes: dict[int, Any],
-    ) -> float:
+    ) -> dict[str, float]:
         boxes = dict(meta.get("boxes") or {})
         if self.boxes_from_mask:
             missing = [int(c) for c in label.unique() if c > 0 and int(c) not in boxes]
@@ -144,6 +162,8 @@ class ProtocolHarness:
             num_clicks=self.num_clicks,
             tolerance=self.tolerance,
             seed=self.seed,
+            box=self.box,
+            click_rule=self.click_rule,
         )
         row: dict[str, Any] = {"case": case_id, "dataset": meta.get("dataset", "")}
         row["classes"] = len(result.prompts)
@@ -174,8 +194,9 @@ class ProtocolHarness:
             write_prediction(
                 self.output_dir / "predictions", case_id, final, meta, spacing, result.segs
             )
-        self._keep_picture(result.summary["dsc_final"], case_id, image, final, label)
-        return float(result.summary["dsc_final"])
+        dsc, nsd = float(result.summary["dsc_final"]), float(result.summary["nsd_final"])
+        self._keep_picture(dsc, "DSC", case_id, image, final, label, classes)
+        return {"score": dsc, "dsc": dsc, "nsd": nsd}
 
     def _text(
         self,
@@ -186,7 +207,7 @@ class ProtocolHarness:
         spacing: Sequence[float],
         meta: dict[str, Any],
         classes: dict[int, Any],
-    ) -> float:
+    ) -> dict[str, float]:
         instance = bool(meta.get("instance", False))
         prompts = dict(meta.get("text_prompts") or {})
         if not prompts:  # the classes' canonical prompts
@@ -220,9 +241,11 @@ class ProtocolHarness:
             )
         if self.save_predictions:
             write_prediction(self.output_dir / "predictions", case_id, result["seg"], meta, spacing)
-        score = result["f1"] if instance else result["dsc"]
-        self._keep_picture(score, case_id, image, result["seg"], label)
-        return float(score)
+        score = float(result["f1"] if instance else result["dsc"])
+        self._keep_picture(
+            score, "F1" if instance else "DSC", case_id, image, result["seg"], label, classes
+        )
+        return {"score": score}
 
     def merge(self, gather: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
         """Pool the results of every process (DDP) before :meth:`finish`.
@@ -247,14 +270,23 @@ class ProtocolHarness:
             del self._pictures[1:-1]
 
     def _keep_picture(
-        self, score: float, case_id: str, image: Tensor, seg: np.ndarray, label: Tensor
+        self,
+        score: float,
+        metric: str,
+        case_id: str,
+        image: Tensor,
+        seg: np.ndarray,
+        label: Tensor,
+        classes: dict[int, Any],
     ) -> None:
         """Keep the overlay of the case if it is the worst or the best so far."""
         if self.num_overlays <= 0 or math.isnan(score):
             return
         ref = label.cpu().numpy()
         z = int((ref > 0).reshape(ref.shape[0], -1).sum(1).argmax())
-        picture = overlay(image[z].cpu().numpy(), np.asarray(seg)[z], ref[z])
+        names = {int(c): info.name for c, info in classes.items()}
+        title = f"{case_id}  slice {z}  {metric} {score:.3f}"
+        picture = overlay(image[z].cpu().numpy(), np.asarray(seg)[z], ref[z], names, title)
         name = case_id.replace("/", "_")  # one flat folder of pictures
         self._add_picture((score, f"{name}_z{z:03d}", picture))
 
@@ -287,6 +319,9 @@ class ProtocolHarness:
         log_table(
             loggers, f"test/{stem}", columns, [[r.get(c) for c in columns] for r in self.cases.rows]
         )
+        if len(self.classes):
+            rows = [[r["case"], r["class_name"], r["dsc"], r["nsd"]] for r in self.classes.rows]
+            log_table(loggers, "test/classes", ["case", "class", "dsc", "nsd"], rows)
         labels = ["worst", "best"] if len(self._pictures) > 1 else ["worst"]
         for kind, (_, name, picture) in zip(labels, self._pictures, strict=False):
             if kind == "best" and self.num_overlays < 2:

@@ -2,7 +2,11 @@
 
 Per case: step 1 gives every class its box; steps 2..6 add at most one click per class, at the
 centre of the largest error component of that class (:func:`segfm.prompts.center_error_click`),
-and pass the previous prediction. Clicks accumulate. After every step the prediction is scored
+and pass the previous prediction. Variants of the same loop: no click step (MedSAM's box test),
+no box step (SAM-Med3D's N-click test: the first click is the centre of the target), and
+SAM-Med3D's ``random`` click rule (:func:`segfm.prompts.sample_error_clicks`).
+
+Clicks accumulate. After every step the prediction is scored
 (DSC; NSD only when the case-mean DSC > 0.2), and the run is summarised by the area under the
 DSC / NSD curve of the click steps and by their final values. A method takes part through one
 function, :data:`Segmenter`; no protocol code lives inside the methods.
@@ -21,7 +25,8 @@ from torch import Tensor
 
 from segfm.evaluation.curves import summarise_steps
 from segfm.evaluation.metrics import interactive_case_scores
-from segfm.prompts import center_error_click
+from segfm.evaluation.options import ClickRule
+from segfm.prompts import center_error_click, sample_error_clicks
 
 #: the challenge's limit on the running time per class and step, in seconds
 TIME_LIMIT_PER_CLASS = 90.0
@@ -86,6 +91,8 @@ def run_interactive(
     tolerance: float = 2.0,
     seed: int = 42,
     time_limit: float = TIME_LIMIT_PER_CLASS,
+    box: bool = True,
+    click_rule: ClickRule = "center",
 ) -> InteractiveResult:
     """Run the interactive protocol on one case.
 
@@ -96,10 +103,12 @@ def run_interactive(
         spacing: Voxel size in mm, ``(z, y, x)``.
         boxes: Box per class id; None or empty skips step 1 (DSC = NSD = 0 there, as the
             challenge scores cases without boxes).
-        num_clicks: Click steps after the box step (5 in the challenge).
+        num_clicks: Click steps after the box step (5 in the challenge; 0: the box alone).
         tolerance: NSD tolerance in mm.
         seed: Seed of the click rule's tie-breaking.
         time_limit: Seconds allowed per class and step; slower steps are flagged.
+        box: Start with the box step; False runs ``num_clicks`` click steps only.
+        click_rule: ``center`` of the largest error component, or a ``random`` error voxel.
 
     Returns:
         Per-step scores, the predictions and the prompts.
@@ -117,7 +126,8 @@ def run_interactive(
     if not class_ids:
         msg = "the reference has no class to prompt (all zeros)"
         raise ValueError(msg)
-    prompts = {c: ClassPrompt(box=(boxes or {}).get(c)) for c in class_ids}
+    given = (boxes or {}) if box else {}
+    prompts = {c: ClassPrompt(box=given.get(c)) for c in class_ids}
     seg = torch.zeros_like(label, dtype=torch.long)
     steps: list[dict[str, Any]] = []
     segs: list[np.ndarray] = []
@@ -146,30 +156,34 @@ def run_interactive(
         )
         segs.append(pred.astype(np.int64))
 
-    if has_boxes:
+    first = 1
+    if box and has_boxes:
         start = time.perf_counter()
         box_prompts = {c: p for c, p in prompts.items() if p.box is not None}
         seg = segment(image, spacing, box_prompts, None).to(torch.long)
         score(1, "box", time.perf_counter() - start, skipped=False)
-    else:
+        first = 2
+    elif box:
         score(1, "box", 0.0, skipped=True)
-    for step in range(2, num_clicks + 2):
+        first = 2
+    generator = torch.Generator().manual_seed(seed)
+    for step in range(first, first + num_clicks):
         pred = seg.cpu().numpy()
         for c, p in prompts.items():
-            found = center_error_click(pred == c, gt == c, seed=seed)
+            found = next_click(pred == c, gt == c, click_rule, seed, generator)
             if found is None:
                 p.order.append(None)
                 continue
-            point, positive = tuple(int(v) for v in found[0]), bool(found[1])
+            point, positive = found
             (p.fg if positive else p.bg).append(point)
             p.order.append("fg" if positive else "bg")
         start = time.perf_counter()
-        previous = seg if (has_boxes or step > 2) else None
+        previous = seg if (has_boxes or step > first) else None
         active = {c: p for c, p in prompts.items() if p.box is not None or p.fg or p.bg}
         seg = segment(image, spacing, active, previous).to(torch.long)
         score(step, "click", time.perf_counter() - start, skipped=False)
-    dsc = summarise_steps([s["dsc"] for s in steps], auc_steps=num_clicks)
-    nsd = summarise_steps([s["nsd"] for s in steps], auc_steps=num_clicks)
+    dsc = summarise_steps([s["dsc"] for s in steps], auc_steps=num_clicks or None)
+    nsd = summarise_steps([s["nsd"] for s in steps], auc_steps=num_clicks or None)
     summary = {
         "dsc_auc": dsc["auc"],
         "nsd_auc": nsd["auc"],
@@ -179,3 +193,35 @@ def run_interactive(
         "over_limit": any(s["over_limit"] for s in steps),
     }
     return InteractiveResult(steps=steps, segs=segs, prompts=prompts, summary=summary)
+
+
+def next_click(
+    pred: np.ndarray,
+    target: np.ndarray,
+    rule: ClickRule = "center",
+    seed: int = 42,
+    generator: torch.Generator | None = None,
+) -> tuple[Point, bool] | None:
+    """The next click on a class: a voxel of its error and whether it is foreground.
+
+    Args:
+        pred: Predicted mask ``[*S]``.
+        target: Reference mask ``[*S]``.
+        rule: ``center`` of the largest error component (the CVPR 2025 rule), or a ``random``
+            voxel of the error drawn uniformly (SAM-Med3D's training rule).
+        seed: Seed of the ``center`` rule's tie-breaking.
+        generator: Random generator of the ``random`` rule.
+
+    Returns:
+        ``(point, positive)``, or None when the prediction has no error.
+    """
+    if rule == "random":
+        p, t = torch.as_tensor(pred, dtype=torch.bool), torch.as_tensor(target, dtype=torch.bool)
+        if bool((p == t).all()):
+            return None
+        coords, labels = sample_error_clicks(p[None], t[None], generator=generator)
+        return tuple(int(v) for v in coords[0]), bool(labels[0])
+    found = center_error_click(pred, target, seed=seed)
+    if found is None:
+        return None
+    return tuple(int(v) for v in found[0]), bool(found[1])

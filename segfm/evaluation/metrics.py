@@ -96,39 +96,6 @@ def surface_dice(
     return float(value[0, 0])
 
 
-def case_scores(
-    pred: np.ndarray | torch.Tensor,
-    gt: np.ndarray | torch.Tensor,
-    spacing: Sequence[float],
-    class_ids: Sequence[int],
-    tolerance: float = 2.0,
-    nsd_min_dice: float = 0.2,
-) -> dict[int, dict[str, float]]:
-    """DSC and NSD of every class of one case.
-
-    Args:
-        pred: Predicted label map ``[*S]``.
-        gt: Reference label map ``[*S]``.
-        spacing: Voxel size in mm in the axis order of ``S``.
-        class_ids: Classes to score.
-        tolerance: NSD tolerance in mm.
-        nsd_min_dice: NSD is reported as 0 when the class DSC is at or below this (MedSAM's rule,
-            which skips the costly surface computation for failed predictions).
-
-    Returns:
-        ``{class_id: {"dsc": ..., "nsd": ...}}``.
-    """
-    p = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred)
-    g = torch.as_tensor(np.asarray(gt) if not isinstance(gt, torch.Tensor) else gt)
-    scores: dict[int, dict[str, float]] = {}
-    for c in class_ids:
-        pc, gc = p == c, g == c
-        d = dice(pc, gc)
-        n = surface_dice(pc, gc, spacing, tolerance) if d > nsd_min_dice else 0.0
-        scores[int(c)] = {"dsc": d, "nsd": n}
-    return scores
-
-
 def hd95(
     pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, spacing: Sequence[float]
 ) -> float:
@@ -185,8 +152,9 @@ def interactive_case_scores(
     """DSC and NSD of one case under the CVPR 2025 interactive-track rule.
 
     DSC is averaged over the classes; NSD is computed only when that case-mean DSC exceeds 0.2,
-    otherwise the case NSD and every class NSD are 0 (the rule is on the case mean, unlike
-    :func:`case_scores`, which applies a threshold per class).
+    otherwise the case NSD and every class NSD are 0 (the rule is on the case mean). This is the
+    one NSD rule of every interactive test (MedSAM's box test and SAM-Med3D's click test
+    included).
 
     Args:
         pred: Predicted label map ``[*S]``.

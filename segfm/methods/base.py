@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torchmetrics import MetricCollection
 
 from segfm.data.io.atomic import check_outside_data
-from segfm.errors import ConfigError
-from segfm.evaluation import log_image, overlay, save_png
+from segfm.errors import ConfigError, DataError
 from segfm.evaluation.harness import ProtocolHarness
 from segfm.evaluation.interactive import ClassPrompt
+from segfm.evaluation.options import Evaluation, Protocol
+from segfm.evaluation.predict import ClicksFile, PredictionWriter, protocol_prediction
 from segfm.sample import Batch, CaseMeta
 
 
@@ -43,7 +45,9 @@ class BaseTask(pl.LightningModule, ABC):
 
     ``__init__`` saves the hyper-parameters and calls :meth:`configure_models`,
     :meth:`configure_losses` and :meth:`configure_metrics`. Subclasses fill those hooks and one
-    ``_step(batch, batch_idx, stage)`` shared by training and validation.
+    ``_step(batch, batch_idx, stage)`` shared by training and validation. ``test`` runs one
+    protocol of :class:`~segfm.evaluation.harness.ProtocolHarness` for every method alike;
+    ``predict`` segments each volume from the same prompts (or from a clicks file) and writes it.
 
     Args:
         lr: Learning rate of AdamW.
@@ -57,11 +61,10 @@ class BaseTask(pl.LightningModule, ABC):
             the run's log folder.
         export_official: Write the official checkpoint format beside every Lightning checkpoint
             (for methods that have one).
-        protocol: How ``test`` evaluates: ``native`` (the method's own published inference),
-            ``interactive`` (the CVPR 2025 box-then-clicks protocol) or ``text`` (the CVPR 2025
-            text-guided protocol), the latter two run by
-            :class:`segfm.evaluation.harness.ProtocolHarness` for every method alike.
-        protocol_clicks: Click steps of the interactive protocol (5 in the challenge).
+        protocol: How ``test`` evaluates: ``interactive`` (the CVPR 2025 box-then-clicks
+            protocol), ``text`` (the CVPR 2025 text-guided protocol) or ``native``, an alias of
+            the method's own published test (:attr:`native_protocol`).
+        evaluation: Click count and rule, NSD tolerance and outputs of test and predict.
     """
 
     #: metric the checkpoint callback monitors by default, and its mode
@@ -69,6 +72,8 @@ class BaseTask(pl.LightningModule, ABC):
     mode = "min"
     #: name of the official checkpoint format (``segfm export --format``), if the family has one
     official_format: str | None = None
+    #: what ``protocol: native`` stands for
+    native_protocol: ClassVar[Protocol] = Protocol("interactive")
 
     def __init__(
         self,
@@ -80,7 +85,7 @@ class BaseTask(pl.LightningModule, ABC):
         output_dir: str | None = None,
         export_official: bool = True,
         protocol: Literal["native", "interactive", "text"] = "native",
-        protocol_clicks: int = 5,
+        evaluation: Evaluation | None = None,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -94,16 +99,31 @@ class BaseTask(pl.LightningModule, ABC):
         ):
             msg = f"lr_schedule multistep needs increasing lr_milestones, got {lr_milestones}"
             raise ValueError(msg)
-        if protocol_clicks < 1:
-            msg = f"protocol_clicks must be >= 1, got {protocol_clicks}"
-            raise ValueError(msg)
         if not 0 < lr_gamma <= 1:
             msg = f"lr_gamma must be in (0, 1], got {lr_gamma}"
             raise ValueError(msg)
+        self.evaluation = evaluation if evaluation is not None else Evaluation()
+        self.test_protocol = self.resolve_protocol(protocol, self.evaluation)
         self.save_hyperparameters()
+        # option groups as the values in use, in plain dicts (checkpoints load with
+        # torch.load(weights_only=True))
+        for key, value in list(self.hparams.items()):
+            group = self.__dict__.get(key) if value is None else value
+            if is_dataclass(group) and not isinstance(group, type):
+                self.hparams[key] = asdict(group)
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+
+    @classmethod
+    def resolve_protocol(cls, name: str, evaluation: Evaluation) -> Protocol:
+        """The protocol ``test`` runs: ``name`` (``native``: :attr:`native_protocol`) and clicks."""
+        base = cls.native_protocol if name == "native" else Protocol(name)  # type: ignore[arg-type]
+        clicks = base.clicks if evaluation.clicks is None else evaluation.clicks
+        if base.name == "interactive" and not base.box and clicks < 1:
+            msg = f"{cls.__name__}'s {name} protocol takes no box; set evaluation.clicks >= 1"
+            raise ValueError(msg)
+        return Protocol(base.name, clicks, base.box)
 
     @abstractmethod
     def configure_models(self) -> None:
@@ -114,6 +134,14 @@ class BaseTask(pl.LightningModule, ABC):
 
     def configure_metrics(self) -> None:
         """Build the metric collections."""
+
+    def stage_metrics(self, metrics: MetricCollection) -> None:
+        """Keep one copy of ``metrics`` per stage: ``train_metrics`` and ``val_metrics``.
+
+        Each copy prefixes its names with the stage (``val_dice``).
+        """
+        self.train_metrics = metrics.clone(prefix="train_")
+        self.val_metrics = metrics.clone(prefix="val_")
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Parameter groups of the optimiser: every trainable parameter at the base learning rate.
@@ -169,18 +197,7 @@ class BaseTask(pl.LightningModule, ABC):
         """One validation step."""
         self._step(batch, batch_idx, "val")
 
-    # ------------------------------------------------------------------ testing
-    def native_test_step(self, batch: Batch, batch_idx: int) -> None:
-        """The method's own test inference and scoring (``protocol: native``)."""
-        msg = f"{type(self).__name__} has no native test; use protocol interactive or text"
-        raise ConfigError(msg)
-
-    def on_native_test_epoch_start(self) -> None:
-        """Set up the native test (empty tables)."""
-
-    def on_native_test_epoch_end(self) -> None:
-        """Write the native test's tables."""
-
+    # -------------------------------------------------------------- segmenters
     def segment_interactive(
         self,
         image: Tensor,
@@ -218,45 +235,36 @@ class BaseTask(pl.LightningModule, ABC):
         """
         msg = (
             f"{type(self).__name__} takes no text prompts; test it with "
-            "--model.init_args.protocol interactive (or native)"
+            "--model.init_args.protocol interactive"
         )
         raise ConfigError(msg)
 
     @property
     def protocol(self) -> str:
-        """The test protocol: ``native``, ``interactive`` or ``text``."""
-        return str(self.hparams.get("protocol", "native"))
+        """The test protocol's name, ``interactive`` or ``text`` (``native`` resolved)."""
+        return self.test_protocol.name
 
+    # ------------------------------------------------------------------ testing
     def test_step(self, batch: Batch, batch_idx: int) -> None:
-        """The native test, or one step of the evaluation protocol."""
-        if self.protocol == "native":
-            self.native_test_step(batch, batch_idx)
-            return
+        """One step of the evaluation protocol."""
         segment = self.segment_interactive if self.protocol == "interactive" else self.segment_text
-        for score in self._harness.run_batch(batch, segment):
-            self.log(
-                f"test_{self.protocol}_score", score, batch_size=1, on_epoch=True, sync_dist=True
-            )
+        for scores in self._harness.run_batch(batch, segment):
+            for key, value in scores.items():
+                name = f"test_{self.protocol}_score" if key == "score" else f"test_{key}"
+                self.log(name, value, batch_size=1, on_epoch=True, sync_dist=True)
 
     def _check_output_dir(self) -> None:
         """Refuse a predictions folder inside the data folder (it could overwrite inputs)."""
-        if not self.hparams.get("save_predictions", True):
+        if not self.evaluation.save_predictions:
             return
         datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
         root = getattr(datamodule, "root", None)
         if root is not None:
             check_outside_data(self.output_dir / "predictions", root)
 
-    def on_predict_epoch_start(self) -> None:
-        """Check where predictions go before writing any."""
-        self._check_output_dir()
-
     def on_test_epoch_start(self) -> None:
-        """Start the native test or a fresh protocol harness."""
+        """Start a fresh protocol harness."""
         self._check_output_dir()
-        if self.protocol == "native":
-            self.on_native_test_epoch_start()
-            return
         name = "segment_interactive" if self.protocol == "interactive" else "segment_text"
         if getattr(type(self), name) is getattr(BaseTask, name):
             kind = "boxes and clicks" if self.protocol == "interactive" else "text"
@@ -265,31 +273,123 @@ class BaseTask(pl.LightningModule, ABC):
                 f"{self.protocol} protocol; choose another --model.init_args.protocol"
             )
             raise ConfigError(msg)
+        options = self.evaluation
         self._harness = ProtocolHarness(
             self.protocol,  # type: ignore[arg-type]
             self.output_dir,
-            num_clicks=int(self.hparams.get("protocol_clicks", 5)),
-            tolerance=float(self.hparams.get("nsd_tolerance", 2.0)),
-            save_predictions=bool(self.hparams.get("save_predictions", True)),
-            num_overlays=min(2, int(self.hparams.get("num_overlays", 2))),
+            num_clicks=self.test_protocol.clicks,
+            tolerance=options.nsd_tolerance,
+            seed=options.seed,
+            save_predictions=options.save_predictions,
+            num_overlays=min(2, options.num_overlays),
+            box=self.test_protocol.box,
+            click_rule=options.click_rule,
         )
 
     def on_test_epoch_end(self) -> None:
-        """Write the native test's or the protocol's tables and overlays."""
-        if self.protocol == "native":
-            self.on_native_test_epoch_end()
-            return
+        """Gather every rank's rows; rank zero writes the tables and overlays."""
         self._harness.merge(self.gather_rows)
         if self.trainer.is_global_zero:
-            self._finish_protocol()
+            trainer = self.trainer
+            self._harness.finish(trainer.loggers, step=trainer.global_step)
+            rank_zero_info(
+                f"\n{self.protocol} protocol ({self.output_dir}):\n"
+                + self._harness.summary_markdown()
+            )
 
-    def _finish_protocol(self) -> None:
-        trainer = self.trainer
-        self._harness.finish(trainer.loggers, step=trainer.global_step)
-        rank_zero_info(
-            f"\n{self.protocol} protocol ({self.output_dir}):\n" + self._harness.summary_markdown()
+    # --------------------------------------------------------------- predicting
+    def on_predict_epoch_start(self) -> None:
+        """Check where predictions go before writing any; a fresh writer."""
+        self._check_output_dir()
+        options = self.evaluation
+        self._writer = PredictionWriter(
+            self.output_dir, options.save_predictions, options.num_overlays
         )
 
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
+        """Segment each volume (see :meth:`predict_case`) and write it; returns the label maps."""
+        if batch["image"].ndim != 5:
+            msg = (
+                f"{type(self).__name__} predicts volumes [B, 1, D, H, W], got "
+                f"{tuple(batch['image'].shape)}; use a data module whose split yields volumes"
+            )
+            raise ValueError(msg)
+        out = []
+        for i in range(batch["image"].shape[0]):
+            image = batch["image"][i, 0]
+            label = batch["label"][i, 0] if "label" in batch else None
+            meta = batch["meta"][i]
+            classes = batch.get("classes", [{}] * (i + 1))[i]
+            spacing = [float(v) for v in batch["spacing"][i]]
+            case_id = str(meta.get("case_id", f"case_{batch_idx}_{i}"))
+            seg = self.predict_case(case_id, image, label, spacing, meta, classes)
+            self.write_case(case_id, seg, image, label, spacing, meta, classes)
+            out.append(seg.cpu())
+        return out
+
+    def write_case(
+        self,
+        case_id: str,
+        seg: Tensor,
+        image: Tensor,
+        label: Tensor | None,
+        spacing: list[float],
+        meta: dict[str, Any],
+        classes: dict[int, Any],
+    ) -> None:
+        """Write a predicted volume (and an overlay while some are left), in ``predict``."""
+        trainer = self.trainer
+        self._writer.write(
+            case_id,
+            seg,
+            image,
+            label,
+            spacing,
+            meta,
+            classes,
+            loggers=trainer.loggers,
+            step=trainer.global_step,
+            overlays=trainer.is_global_zero,
+        )
+
+    def predict_case(
+        self,
+        case_id: str,
+        image: Tensor,
+        label: Tensor | None,
+        spacing: list[float],
+        meta: dict[str, Any],
+        classes: dict[int, Any],
+    ) -> Tensor:
+        """One volume's label map: from the clicks file's prompts, else the test protocol's.
+
+        With ``evaluation.clicks_file`` listing the case, its prompts are decoded in one step.
+        Otherwise the test protocol's prompts are drawn from the label (boxes, then clicks
+        against the errors) and the last step's prediction is the result.
+
+        Raises:
+            DataError: If the case has neither a label nor prompts in the clicks file.
+        """
+        path = self.evaluation.clicks_file
+        if path:
+            if getattr(self, "_clicks_file", None) is None:
+                self._clicks_file = ClicksFile(path)
+            user = self._clicks_file.prompts(case_id, classes, meta, tuple(image.shape))
+            if user is not None:
+                return self.segment_interactive(image, spacing, user, None)
+        if label is None or not bool((label > 0).any()):
+            msg = (
+                f"case {case_id!r} has no label to draw prompts from and no prompts in the "
+                f"clicks file ({path or 'no clicks_file given'}); add its clicks to "
+                "--model.init_args.evaluation.clicks_file"
+            )
+            raise DataError(msg)
+        segment = self.segment_interactive
+        return protocol_prediction(
+            segment, image, label, spacing, self.test_protocol, self.evaluation
+        )
+
+    # ------------------------------------------------------------------ outputs
     def setup(self, stage: str) -> None:
         """Resolve :attr:`output_dir` on every rank (finding the run's folder is a collective)."""
         self._output_dir: Path | None = None
@@ -315,15 +415,3 @@ class BaseTask(pl.LightningModule, ABC):
         parts: list[list[dict[str, Any]] | None] = [None] * trainer.world_size
         torch.distributed.all_gather_object(parts, rows)
         return [row for part in parts for row in part or []]
-
-    @rank_zero_only
-    def save_overlay(
-        self, name: str, image: np.ndarray, prediction: np.ndarray, reference: np.ndarray | None
-    ) -> Path:
-        """Write an overlay PNG under ``<output_dir>/overlays`` and send it to the loggers."""
-        picture = overlay(image, prediction, reference)
-        path = save_png(picture, self.output_dir / "overlays" / f"{name}.png")
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None:
-            log_image(trainer.loggers, f"overlays/{name}", picture, step=trainer.global_step)
-        return path

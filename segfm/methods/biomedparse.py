@@ -15,6 +15,7 @@ from torch import Tensor
 
 from segfm.checkpoints.biomedparse import load_into
 from segfm.errors import ConfigError
+from segfm.evaluation.options import Evaluation
 from segfm.evaluation.writers import write_prediction
 from segfm.inference.volume25d import SliceOptions, segment_volume_25d
 from segfm.methods.base import BaseTask
@@ -168,6 +169,7 @@ class BiomedParse(BaseTask):
             output_dir=output_dir,
             export_official=export_official,
             protocol=protocol,
+            evaluation=Evaluation(save_predictions=save_predictions),
         )
         # plain data in the checkpoint, which then loads with torch.load(weights_only=True)
         self.hparams.update(loss=asdict(loss), slices=asdict(slices))

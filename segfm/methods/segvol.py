@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segfm.checkpoints.segvol import load_into, load_official
+from segfm.evaluation.options import Evaluation
 from segfm.methods.segvol_inference import SegVolInference
 from segfm.methods.segvol_inference import prompt_kinds as _kinds
 from segfm.models.segvol import build_segvol
@@ -197,7 +198,12 @@ class SegVol(SegVolInference):
             output_dir=output_dir,
             export_official=export_official,
             protocol=protocol,
-            protocol_clicks=protocol_clicks,
+            evaluation=Evaluation(
+                clicks=protocol_clicks,
+                nsd_tolerance=nsd_tolerance,
+                save_predictions=save_predictions,
+                num_overlays=num_overlays,
+            ),
         )
         self.hparams["lr_schedule"] = lr_schedule
         self.hparams["loss"] = asdict(loss)  # plain data: the checkpoint loads with weights_only

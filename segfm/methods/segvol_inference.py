@@ -1,19 +1,16 @@
-"""SegVol at test and predict time: prompts, zoom-out-zoom-in, protocol segmenters, tables."""
+"""SegVol at test and predict time: prompts, zoom-out-zoom-in and the protocol segmenters."""
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from segfm.errors import DataError
-from segfm.evaluation import CaseTable, dice, log_table, surface_dice
 from segfm.evaluation.interactive import ClassPrompt
-from segfm.evaluation.writers import write_prediction
+from segfm.evaluation.options import Protocol
 from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
 from segfm.methods.base import BaseTask
 from segfm.models.segvol import SegVol as SegVolNet
@@ -41,16 +38,19 @@ def cvpr_box(box: dict[str, int], device: torch.device) -> Tensor:
 class SegVolInference(BaseTask):
     """What :class:`~segfm.methods.segvol.SegVol` does in ``test`` and ``predict``.
 
-    Native test / predict: zoom-out-zoom-in of each class present in the label, prompted as the
-    ``prompt`` hyper-parameter says (boxes and points from the label); without a label, the data
-    module's class names as text. The protocols of the evaluation harness call
-    :meth:`segment_text` and :meth:`segment_interactive`. Volumes are brought to SegVol's input
-    scale by the ``normalize`` hyper-parameter (:func:`~segfm.transforms.intensity.unit_range`).
-    Text tokens are cached per prompt string for the run: the text encoder is frozen, so a class
-    name is encoded once, not once per case.
+    Test: the protocols of the evaluation harness call :meth:`segment_text` and
+    :meth:`segment_interactive`; ``protocol: native`` is SegVol's own test, zoom-out-zoom-in of
+    each labelled class prompted by its name: the text protocol. Predict: zoom-out-zoom-in of
+    each class present in the label, prompted as the ``prompt`` hyper-parameter says (boxes and
+    points from the label); without a label, the data module's class names as text. Volumes are
+    brought to SegVol's input scale by the ``normalize`` hyper-parameter
+    (:func:`~segfm.transforms.intensity.unit_range`). Text tokens are cached per
+    prompt string for the run: the text encoder is frozen, so a class name is encoded once, not
+    once per case.
     """
 
     model: SegVolNet
+    native_protocol: ClassVar[Protocol] = Protocol("text")
 
     # --------------------------------------------------------------- inputs
     def _normalize(self, image: Tensor) -> Tensor:
@@ -187,33 +187,15 @@ class SegVolInference(BaseTask):
                 class_prompts.append(ClassPrompts(None, box, points))
         return self._segment(image, class_prompts, ids)[1]
 
-    # ------------------------------------------------------------ native test
-    def configure_metrics(self) -> None:
-        """Empty inference tables."""
-        self.class_table = CaseTable(["dsc_segvol", "dsc", "nsd", "seconds"])
-        self.case_table = CaseTable(["dsc", "nsd"])
-        self._overlays_written = 0
-
-    def _scores(
-        self, prob: Tensor, label: Tensor, c: int, spacing: list[float]
-    ) -> dict[str, float]:
-        """SegVol's Dice ``2TP / (|P| + |G| + 1)``, the standard Dice and NSD of class ``c``."""
-        pred, ref = prob > self.hparams["threshold"], label == c
-        tp = int((pred & ref).sum())
-        return {
-            "dsc_segvol": 2 * tp / (int(pred.sum()) + int(ref.sum()) + 1),
-            "dsc": dice(pred, ref),
-            "nsd": surface_dice(pred, ref, spacing, self.hparams["nsd_tolerance"]),
-        }
-
-    def _case(self, batch: Batch, i: int, batch_idx: int, score: bool) -> dict[str, Any]:
-        """Segment sample ``i`` of a batch (and score it against its label)."""
+    # ----------------------------------------------------------------- predict
+    def _case(self, batch: Batch, i: int, batch_idx: int) -> Tensor:
+        """Segment sample ``i`` of a batch (prompts from its label, or text without one)."""
         meta = batch.get("meta", [{}] * (i + 1))[i]
         case_id = str(meta.get("case_id", f"case_{batch_idx}_{i}"))
         classes = (batch.get("classes") or [{}] * (i + 1))[i]
         image = batch["image"][i, 0]
         label = batch["label"][i, 0] if "label" in batch else None
-        if label is not None and not bool((label > 0).any()) and not score:
+        if label is not None and not bool((label > 0).any()):
             label = None  # an unlabelled predict volume
         ids = (
             [int(c) for c in torch.unique(label) if c > 0]
@@ -223,69 +205,22 @@ class SegVolInference(BaseTask):
         names = [self._name(classes, c) for c in ids]
         generator = torch.Generator()
         generator.manual_seed(self.hparams["click_seed"])
-        started = time.perf_counter()
         prompts = self._class_prompts(label, ids, names, generator, case_id)
-        prob, seg = self._segment(image, prompts, ids)
-        seconds = time.perf_counter() - started
-        spacing = [float(v) for v in batch["spacing"][i]]
-        scores = []
-        if score and label is not None:
-            for k, c in enumerate(ids):
-                row = self._scores(prob[k], label, c, spacing)
-                scores.append(row)
-                self.class_table.add(
-                    case=case_id,
-                    class_id=c,
-                    class_name=names[k],
-                    prompt=self.hparams["prompt"],
-                    **row,
-                    seconds=seconds,
-                )
-        return {
-            "case_id": case_id,
-            "seg": seg,
-            "image": image,
-            "label": label,
-            "meta": meta,
-            "spacing": spacing,
-            "scores": scores,
-        }
-
-    def native_test_step(self, batch: Batch, batch_idx: int) -> None:
-        """Zoom-out-zoom-in of every labelled class of each volume, scored per class."""
-        for i in range(batch["image"].shape[0]):
-            r = self._case(batch, i, batch_idx, score=True)
-            if r["scores"]:
-                dsc = float(np.mean([s["dsc"] for s in r["scores"]]))
-                nsd = float(np.mean([s["nsd"] for s in r["scores"]]))
-                self.case_table.add(case=r["case_id"], classes=len(r["scores"]), dsc=dsc, nsd=nsd)
-                self.log("test_dsc", dsc, batch_size=1, on_epoch=True, sync_dist=True)
-                self.log("test_nsd", nsd, batch_size=1, on_epoch=True, sync_dist=True)
-            self._write_outputs(r)
+        return self._segment(image, prompts, ids)[1]
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[Tensor]:
         """Label maps of each volume (prompts from its label, or text without one)."""
         out = []
         for i in range(batch["image"].shape[0]):
-            r = self._case(batch, i, batch_idx, score=False)
-            self._write_outputs(r)
-            out.append(r["seg"].cpu())
+            seg = self._case(batch, i, batch_idx)
+            meta = batch.get("meta", [{}] * (i + 1))[i]
+            case_id = str(meta.get("case_id", f"case_{batch_idx}_{i}"))
+            label = batch["label"][i, 0] if "label" in batch else None
+            classes = (batch.get("classes") or [{}] * (i + 1))[i]
+            spacing = [float(v) for v in batch["spacing"][i]]
+            self.write_case(case_id, seg, batch["image"][i, 0], label, spacing, meta, classes)
+            out.append(seg.cpu())
         return out
-
-    def _write_outputs(self, r: dict[str, Any]) -> None:
-        if self.hparams["save_predictions"]:
-            seg = r["seg"].cpu().numpy()
-            write_prediction(
-                self.output_dir / "predictions", r["case_id"], seg, r["meta"], r["spacing"]
-            )
-        if self._overlays_written < self.hparams["num_overlays"]:
-            mask = r["label"] if r["label"] is not None else r["seg"]
-            if bool((mask > 0).any()):
-                z = int((mask > 0).flatten(1).sum(1).argmax())
-                ref = None if r["label"] is None else r["label"][z].cpu().numpy()
-                name = f"{r['case_id'].replace('/', '_')}_z{z:03d}"
-                self.save_overlay(name, r["image"][z].cpu().numpy(), r["seg"][z].cpu().numpy(), ref)
-                self._overlays_written += 1
 
     # ------------------------------------------------------------------ hooks
     def on_test_epoch_start(self) -> None:
@@ -293,24 +228,7 @@ class SegVolInference(BaseTask):
         self._clear_text_cache()
         super().on_test_epoch_start()
 
-    def on_native_test_epoch_start(self) -> None:
-        """Start empty tables."""
-        self.configure_metrics()
-
     def on_predict_epoch_start(self) -> None:
-        """Check the output folder, start counting overlays, fresh text cache."""
+        """Check the output folder, a fresh writer and text cache."""
         super().on_predict_epoch_start()
         self._clear_text_cache()
-        self.configure_metrics()
-
-    def on_native_test_epoch_end(self) -> None:
-        """Gather every rank's rows; rank zero writes the tables."""
-        for table in (self.class_table, self.case_table):
-            table.rows = self.gather_rows(table.rows)
-        if self.trainer.is_global_zero and len(self.class_table):
-            out = self.output_dir
-            self.class_table.write(out, "test_classes")
-            self.case_table.write(out, "test_cases")
-            rows = [[r["case"], r["class_name"], r["dsc"], r["nsd"]] for r in self.class_table.rows]
-            log_table(self.trainer.loggers, "test/classes", ["case", "class", "dsc", "nsd"], rows)
-            rank_zero_info(f"\nSegVol per class ({out}):\n{self.class_table.to_markdown()}")

@@ -54,8 +54,10 @@ def test_interactive_tables_predictions_overlays_and_loggers(tmp_path: Path) -> 
         return torch.zeros(image.shape, dtype=torch.long)
 
     affine = np.diag([-0.8, -0.8, 2.0, 1.0])
-    assert harness.run_batch(_batch("good", _label(0), affine=affine), oracle) == [1.0]
-    assert harness.run_batch(_batch("bad", _label(1), affine=affine), nothing) == [0.0]
+    good = harness.run_batch(_batch("good", _label(0), affine=affine), oracle)
+    assert good == [{"score": 1.0, "dsc": 1.0, "nsd": 1.0}]
+    bad = harness.run_batch(_batch("bad", _label(1), affine=affine), nothing)
+    assert bad == [{"score": 0.0, "dsc": 0.0, "nsd": 0.0}]
     logger = _Logger()
     files = harness.finish([logger], step=3)
     rows = harness.cases.rows
@@ -76,10 +78,42 @@ def test_interactive_tables_predictions_overlays_and_loggers(tmp_path: Path) -> 
     assert "good" in files["overlay_best"].name
     columns, data = logger.tables["test/protocol_interactive"]
     assert columns[0] == "case" and len(data) == 2
+    columns, data = logger.tables["test/classes"]
+    assert columns == ["case", "class", "dsc", "nsd"] and len(data) == 4
     assert sorted(logger.images) == [
         "overlays/protocol_interactive_best",
         "overlays/protocol_interactive_worst",
     ]
+
+
+@pytest.mark.parametrize(("clicks", "box", "steps"), [(0, True, 1), (3, False, 3)])
+def test_box_only_and_clicks_only_variants(
+    tmp_path: Path, clicks: int, box: bool, steps: int
+) -> None:
+    harness = ProtocolHarness("interactive", tmp_path, num_clicks=clicks, box=box)
+
+    def oracle(image, spacing, prompts, previous):
+        return image.long()
+
+    assert harness.run_batch(_batch("a", _label(0)), oracle)[0]["dsc"] == 1.0
+    row = harness.cases.rows[0]
+    assert f"dsc_{steps}" in row and f"dsc_{steps + 1}" not in row
+    assert len(harness.steps.rows) == steps
+    expected = {"box"} if box else {"click"}
+    assert {r["prompt"] for r in harness.steps.rows} == expected
+
+
+def test_overlays_name_the_case_and_its_score(tmp_path: Path) -> None:
+    harness = ProtocolHarness("interactive", tmp_path, num_clicks=1)
+
+    def oracle(image, spacing, prompts, previous):
+        return image.long()
+
+    harness.run_batch(_batch("a", _label(0)), oracle)
+    (picture,) = harness._pictures
+    score, name, pixels = picture
+    assert score == 1.0 and name.startswith("a_z")
+    assert pixels.shape[1] >= 2 * 512  # two panels, each upscaled to at least 512 px
 
 
 def test_text_uses_the_cases_prompts_or_the_class_names(tmp_path: Path) -> None:

@@ -90,6 +90,50 @@ def test_without_boxes_step_one_is_skipped_and_scored_zero() -> None:
     assert method.calls[0]["prompts"][1][0] is None and len(method.calls[0]["prompts"][1][1]) == 1
 
 
+def test_box_alone_is_one_step() -> None:
+    # MedSAM's own test: the box step and no click
+    label = _cube((2, 2, 2), 6)
+    half = _cube((2, 2, 2), 6)
+    half[5:] = 0
+    method = Scripted([half])
+    box = _box((2, 2, 2), 6)
+    result = run_interactive(
+        method, torch.zeros(SHAPE), label, (1.0, 1.0, 1.0), {1: box}, num_clicks=0
+    )
+    assert [s["prompt"] for s in result.steps] == ["box"] and len(method.calls) == 1
+    assert result.summary["dsc_final"] == pytest.approx(2 / 3)
+    assert result.summary["dsc_auc"] == 0.0 and len(result.segs) == 1
+
+
+@pytest.mark.parametrize("rule", ["center", "random"])
+def test_clicks_only_start_from_the_target(rule: str) -> None:
+    # SAM-Med3D's own test: no box step, the first click a miss inside the target
+    label = _cube((3, 3, 3), 4)
+    method = Scripted([torch.zeros(SHAPE, dtype=torch.long), label, label])
+    boxes = {1: _box((3, 3, 3), 4)}  # given, but not used without the box step
+    result = run_interactive(
+        method,
+        torch.zeros(SHAPE),
+        label,
+        (1.0, 1.0, 1.0),
+        boxes,
+        num_clicks=3,
+        box=False,
+        click_rule=rule,
+    )
+    assert [s["prompt"] for s in result.steps] == ["click"] * 3
+    assert [s["step"] for s in result.steps] == [1, 2, 3]
+    assert not any(s["skipped"] for s in result.steps)
+    first = method.calls[0]
+    assert first["previous"] is None and first["prompts"][1][0] is None
+    (point,) = first["prompts"][1][1]
+    assert bool(label[point])
+    assert torch.equal(method.calls[1]["previous"], torch.zeros(SHAPE, dtype=torch.long))
+    assert len(method.calls[1]["prompts"][1][1]) == 2  # still a miss: a second fg click
+    assert [s["dsc"] for s in result.steps] == pytest.approx([0.0, 1.0, 1.0])
+    assert result.summary["dsc_auc"] == pytest.approx(0.5 + 1.0)
+
+
 def test_nsd_is_zero_when_the_case_mean_dsc_is_low() -> None:
     label = _cube((0, 0, 0), 6)
     tiny = _cube((0, 0, 0), 2)  # 8 of 216 voxels: DSC = 16 / 224 < 0.2

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from segfm.evaluation.metrics import (
-    case_scores,
     dice,
     hd95,
     interactive_case_scores,
@@ -70,27 +69,29 @@ def test_surface_dice_empty_rules():
         surface_dice(a, a, (1, 1))
 
 
-def test_case_scores_nsd_zero_below_dice_threshold():
+def test_nsd_zero_at_the_dice_threshold():
     gt = np.zeros((16, 16, 16), np.int64)
     gt[2:10, 2:10, 2:10] = 1
     gt[11:15, 11:15, 11:15] = 2
     pred = np.zeros_like(gt)
     pred[2:10, 2:10, 2:10] = 1
     pred[11:15, 11:13, 14:16] = 2  # overlap 4*2*1 = 8 of 64 + 16 voxels: DSC exactly 0.2
-    scores = case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2])
-    assert scores[1] == {"dsc": 1.0, "nsd": 1.0}
-    assert scores[2]["dsc"] == pytest.approx(2 * 8 / 80)
-    assert scores[2]["nsd"] == 0.0
+    both = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2])
+    assert both["classes"][1] == {"dsc": 1.0, "nsd": 1.0}
+    assert both["classes"][2]["nsd"] > 0.0  # case mean 0.6: NSD computed for every class
+    scores = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [2])
+    assert scores["classes"][2]["dsc"] == pytest.approx(2 * 8 / 80)
+    assert scores["classes"][2]["nsd"] == 0.0 and scores["nsd"] == 0.0
 
 
-def test_case_scores_nsd_computed_above_threshold():
+def test_nsd_computed_above_the_dice_threshold():
     gt = np.zeros((16, 16, 16), np.int64)
     gt[2:10, 2:10, 2:10] = 3
     pred = np.zeros_like(gt)
     pred[2:10, 2:10, 3:11] = 3
-    scores = case_scores(pred, gt, (1.0, 1.0, 1.0), [3], tolerance=2.0)
-    assert scores[3]["dsc"] == pytest.approx(2 * 448 / 1024)
-    assert scores[3]["nsd"] == pytest.approx(1.0)
+    scores = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [3], tolerance=2.0)
+    assert scores["classes"][3]["dsc"] == pytest.approx(2 * 448 / 1024)
+    assert scores["classes"][3]["nsd"] == pytest.approx(1.0)
 
 
 # --- HD95, the offset-cube DSC count, and the CVPR 2025 case-level rules ---
@@ -172,9 +173,9 @@ def test_interactive_rule_zeroes_nsd_when_case_mean_dice_is_low():
     s = interactive_case_scores(pred, gt, (1.0, 1.0, 1.0), [1, 2], tolerance=wide)
     assert s["classes"][1]["dsc"] == pytest.approx(72 / 252)
     assert s["dsc"] == pytest.approx(36 / 252)
-    # per class the DSC is above 0.2 (case_scores computes it), but the case mean is not
+    # the class DSC is above 0.2, but the case mean is not: no NSD, though it would be 1
     assert s["classes"][1]["nsd"] == 0.0 and s["nsd"] == 0.0
-    assert case_scores(pred, gt, (1.0, 1.0, 1.0), [1], tolerance=wide)[1]["nsd"] == 1.0
+    assert surface_dice(pred == 1, gt == 1, (1.0, 1.0, 1.0), tolerance=wide) == 1.0
 
 
 def test_interactive_no_class_is_nan():

@@ -1,14 +1,21 @@
 import pytest
 import torch
-from torch import nn
 
+from segfm.evaluation.interactive import ClassPrompt
+from segfm.inference.slices import SlicePropagation, propagate
 from segfm.methods import MedSAM
+from segfm.methods.medsam import BoxPrompts
 from segfm.prompts import volume_boxes
 
 
 @pytest.fixture
 def method():
-    return MedSAM(arch="tiny", image_size=32, box_shift=2, targets_per_image=2, encode_batch_size=4)
+    return MedSAM(
+        arch="tiny",
+        image_size=32,
+        train_prompts=BoxPrompts(box_shift=2, targets_per_image=2),
+        inference=SlicePropagation(encode_batch_size=4),
+    )
 
 
 def test_frozen_prompt_encoder_and_param_groups(method):
@@ -20,11 +27,27 @@ def test_frozen_prompt_encoder_and_param_groups(method):
 
 
 @pytest.mark.parametrize(
-    "bad", [{"box_shift": -1}, {"targets_per_image": 0}, {"mask_threshold": 1.5}]
+    ("make", "match"),
+    [
+        (lambda: BoxPrompts(box_shift=-1), "box_shift"),
+        (lambda: BoxPrompts(targets_per_image=0), "targets_per_image"),
+        (lambda: SlicePropagation(mask_threshold=1.5), "mask_threshold"),
+    ],
 )
-def test_bad_arguments(bad):
-    with pytest.raises(ValueError, match=next(iter(bad))):
-        MedSAM(arch="tiny", image_size=32, **bad)
+def test_bad_arguments(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_options_are_typed_and_saved_as_plain_values(method):
+    assert method.train_prompts.box_shift == 2 and method.inference.encode_batch_size == 4
+    assert method.hparams["train_prompts"] == {"box_shift": 2, "targets_per_image": 2}
+    assert method.hparams["evaluation"]["nsd_tolerance"] == 2.0
+
+
+def test_native_protocol_is_the_box_alone(method):
+    assert (method.test_protocol.name, method.test_protocol.clicks) == ("interactive", 0)
+    assert method.test_protocol.box
 
 
 def test_sample_targets_boxes_enclose_targets(method):
@@ -54,80 +77,10 @@ def test_training_step_learns_shape(method):
     assert torch.isfinite(loss)
     assert method.model.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad is not None
     assert all(p.grad is None for p in method.model.prompt_encoder.parameters())
-
-
-class BrightInBox(nn.Module):
-    """Stand-in SAM: the bright pixels inside the box (exact when the box holds the object)."""
-
-    image_size = 32
-
-    def encode(self, images):
-        return images
-
-    def decode(self, embeddings, boxes=None, multimask_output=False, **_):
-        n, _, s, _ = embeddings.shape
-        ys, xs = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
-        inside = torch.stack(
-            [
-                (xs >= b[0].floor())
-                & (xs <= b[2].ceil())
-                & (ys >= b[1].floor())
-                & (ys <= b[3].ceil())
-                for b in boxes
-            ]
-        )
-        logits = torch.where(inside & (embeddings[:, 0] > 0.5), 10.0, -10.0)[:, None]
-        return logits, torch.zeros(n, 1)
-
-
-def test_slice_propagation_follows_moving_objects(method):
-    depth, size = 12, 32
-    volume = torch.zeros(depth, size, size)
-    label = torch.zeros(depth, size, size, dtype=torch.long)
-    for z in range(depth):  # object 1 drifts right by 1 px per slice, object 2 sits still
-        label[z, 4:10, 2 + z : 8 + z] = 1
-        if 3 <= z <= 8:
-            label[z, 20:28, 20:28] = 2
-    volume[label > 0] = 1.0
-    volume[0, 0, 0] = 0.2  # keep per-slice min-max stable
-    method.model = BrightInBox()
-    boxes = volume_boxes(label, [1, 2])
-    seg = method.segment_volume(volume, boxes)
-    assert torch.equal(seg, label)
-
-
-def test_propagation_stays_inside_the_class_slice_range(method):
-    volume = torch.zeros(8, 32, 32)
-    volume[:, 10:20, 10:20] = 1.0  # bright on every slice
-    volume[:, 0, 0] = 0.2
-    label = torch.zeros(8, 32, 32, dtype=torch.long)
-    label[2:5, 10:20, 10:20] = 1
-    method.model = BrightInBox()
-    seg = method.segment_volume(volume, volume_boxes(label, [1]))
-    assert torch.equal(seg, label)
-
-
-def test_segment_volume_under_bf16_autocast(method):
-    # `segfm test --trainer.precision bf16-mixed`: the real tiny network decodes in bf16, the
-    # probability maps stay float32, and the result is close to the fp32 one
-    torch.manual_seed(0)
-    volume = torch.rand(5, 32, 32)
-    label = torch.zeros(5, 32, 32, dtype=torch.long)
-    label[1:4, 6:20, 8:24] = 1
-    boxes = volume_boxes(label, [1])
-    probs_fp32 = method._decode_slices(method._encode_slices(volume, [2])[2], None, (32, 32))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        seg = method.segment_volume(volume, boxes)
-        method._slice_cache = None
-        probs = method._decode_slices(method._encode_slices(volume, [2])[2], None, (32, 32))
-    assert seg.shape == label.shape and seg.dtype == torch.long
-    assert probs.dtype == torch.float32
-    assert (probs - probs_fp32).abs().max() < 0.05
+    assert 0.0 <= float(method.train_metrics["train_dice"].compute()) <= 1.0
 
 
 def test_interactive_clicks_change_only_their_slices(method):
-    from segfm.evaluation.interactive import ClassPrompt
-
     volume = torch.rand(6, 32, 32)
     previous = torch.zeros(6, 32, 32, dtype=torch.long)
     previous[1:5, 8:20, 8:20] = 3
@@ -140,20 +93,16 @@ def test_interactive_clicks_change_only_their_slices(method):
 
 
 def test_interactive_box_step_is_slice_propagation(method):
-    from segfm.evaluation.interactive import ClassPrompt
-
     volume = torch.rand(6, 32, 32)
     label = torch.zeros(6, 32, 32, dtype=torch.long)
     label[1:5, 8:20, 8:20] = 2
     boxes = volume_boxes(label, [2])
-    direct = method.segment_volume(volume, boxes)
+    direct = propagate(method.model, volume, boxes, method._cache, method.inference)
     seg = method.segment_interactive(volume, [1.0] * 3, {2: ClassPrompt(box=boxes[2])}, None)
     assert torch.equal(seg, direct)
 
 
 def test_interactive_steps_encode_each_slice_of_a_volume_once(method):
-    from segfm.evaluation.interactive import ClassPrompt
-
     encoded = []
     encode = method.model.encode
 
@@ -174,3 +123,33 @@ def test_interactive_steps_encode_each_slice_of_a_volume_once(method):
     prompt.bg.append((0, 2, 2))
     method.segment_interactive(volume, [1.0] * 3, {2: prompt}, first)
     assert sum(encoded) == 5  # slice 0 is new
+
+
+def test_box_protocol_scores_slice_propagation(method, tmp_path):
+    # MedSAM's own test through the harness: the DSC of slice propagation from the boxes
+    from segfm.evaluation.harness import ProtocolHarness
+    from segfm.evaluation.metrics import dice
+
+    torch.manual_seed(0)
+    volume = torch.rand(6, 32, 32)
+    label = torch.zeros(6, 32, 32, dtype=torch.long)
+    label[1:5, 8:20, 8:20] = 1
+    label[2:4, 22:30, 4:12] = 2
+    volume[label > 0] += 1.0
+    p = method.test_protocol
+    harness = ProtocolHarness(
+        p.name, tmp_path, num_clicks=p.clicks, box=p.box, save_predictions=False
+    )
+    batch = {
+        "image": volume[None, None],
+        "label": label[None, None],
+        "spacing": torch.tensor([[1.0, 1.0, 1.0]]),
+        "meta": [{"case_id": "a"}],
+    }
+    (scores,) = harness.run_batch(batch, method.segment_interactive)
+    seg = propagate(
+        method.model, volume, volume_boxes(label, [1, 2]), method._cache, method.inference
+    )
+    expected = (dice(seg == 1, label == 1) + dice(seg == 2, label == 2)) / 2
+    assert scores["dsc"] == pytest.approx(expected)
+    assert [r["prompt"] for r in harness.steps.rows] == ["box"]

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
+from segfm.evaluation.interactive import ClassPrompt, next_click, run_interactive
+from segfm.evaluation.options import Evaluation
+from segfm.inference.click_windows import (
+    WindowInference,
+    decode_points,
+    empty_low,
+    segment_region,
+    to_net,
+)
 from segfm.methods import SAMMed3D
+from segfm.methods.sam_med3d import ClickSimulation
 
 SIZE = 32  # tiny 3D SAM: 32³ input, 4³ embedding, 16³ low-res logits
 
@@ -16,7 +26,12 @@ SIZE = 32  # tiny 3D SAM: 32³ input, 4³ embedding, 16³ low-res logits
 @pytest.fixture
 def method() -> SAMMed3D:
     torch.manual_seed(0)
-    return SAMMed3D(arch="tiny", image_size=SIZE, train_iterations=4, export_official=False)
+    return SAMMed3D(
+        arch="tiny",
+        image_size=SIZE,
+        click_simulation=ClickSimulation(train_iterations=4),
+        export_official=False,
+    )
 
 
 def _cube(shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]) -> torch.Tensor:
@@ -36,7 +51,7 @@ def test_zscore_over_positive_voxels(method: SAMMed3D) -> None:
     assert out[0, 0, :2].mean().item() == pytest.approx(0.0, abs=1e-6)
     assert out[0, 0, :2].std().item() == pytest.approx(1.0, abs=1e-5)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
-    method.hparams["normalize"] = "none"
+    method.normalize = "none"
     assert torch.equal(method.normalize_crops(x), x)
 
 
@@ -63,16 +78,26 @@ def test_parameter_groups_scale_the_decoder(method: SAMMed3D) -> None:
     assert total == sum(p.numel() for p in method.model.parameters())
 
 
+def _spy_points(method: SAMMed3D, calls: list[Any]) -> None:
+    """Record the points (``(z, y, x)``, labels) of every decoder call; None for mask-only."""
+    decode = method.model.decode
+
+    def spy(embeddings: torch.Tensor, points: Any = None, **kwargs: Any) -> Any:
+        calls.append(None if points is None else (points[0].flip(-1), points[1]))
+        return decode(embeddings, points=points, **kwargs)
+
+    method.model.decode = spy  # type: ignore[method-assign]
+
+
 def test_click_loop_gives_the_mask_alone_at_a_random_step_and_the_last() -> None:
-    method = SAMMed3D(arch="tiny", image_size=SIZE, train_iterations=11, export_official=False)
+    method = SAMMed3D(
+        arch="tiny",
+        image_size=SIZE,
+        click_simulation=ClickSimulation(train_iterations=11),
+        export_official=False,
+    )
     calls: list[Any] = []
-    decode = method._decode
-
-    def spy(embeddings: torch.Tensor, coords: Any, labels: Any, low: torch.Tensor) -> Any:
-        calls.append(coords)
-        return decode(embeddings, coords, labels, low)
-
-    method._decode = spy  # type: ignore[method-assign]
+    _spy_points(method, calls)
     target = _cube((1, SIZE, SIZE, SIZE), (0, 8, 8, 8), (1, 20, 20, 20))
     embeddings = method.model.encode(torch.randn(1, 1, SIZE, SIZE, SIZE))
     for seed in range(4):
@@ -83,23 +108,17 @@ def test_click_loop_gives_the_mask_alone_at_a_random_step_and_the_last() -> None
         assert len(mask_only) == 2 and mask_only[-1] == 10 and 2 <= mask_only[0] <= 8
         for c in calls:
             if c is not None:  # one click per step, inside the crop
-                assert c.shape == (1, 1, 3) and bool(((c >= 0) & (c < SIZE)).all())
+                assert c[0].shape == (1, 1, 3) and bool(((c[0] >= 0) & (c[0] < SIZE)).all())
         assert torch.isfinite(loss) and logits.shape == (1, 1, SIZE, SIZE, SIZE)
 
 
 def test_first_click_of_an_empty_prediction_is_inside_the_target(method: SAMMed3D) -> None:
-    seen: list[torch.Tensor] = []
-    decode = method._decode
-
-    def spy(embeddings: torch.Tensor, coords: Any, labels: Any, low: torch.Tensor) -> Any:
-        seen.append(torch.zeros(0) if coords is None else torch.cat([coords[0, 0], labels[0]]))
-        return decode(embeddings, coords, labels, low)
-
-    method._decode = spy  # type: ignore[method-assign]
+    calls: list[Any] = []
+    _spy_points(method, calls)
     target = _cube((1, SIZE, SIZE, SIZE), (0, 3, 4, 5), (1, 9, 12, 10))
     method.click_loop(method.model.encode(torch.randn(1, 1, SIZE, SIZE, SIZE)), target)
-    z, y, x, label = seen[0].tolist()
-    assert label == 1 and 3 <= z < 9 and 4 <= y < 12 and 5 <= x < 10
+    z, y, x = calls[0][0][0, 0].tolist()
+    assert calls[0][1][0, 0] == 1 and 3 <= z < 9 and 4 <= y < 12 and 5 <= x < 10
 
 
 def test_points_reach_the_network_in_xyz_order(method: SAMMed3D) -> None:
@@ -113,15 +132,16 @@ def test_points_reach_the_network_in_xyz_order(method: SAMMed3D) -> None:
     method.model.decode = spy  # type: ignore[method-assign]
     emb = method.model.encode(torch.randn(1, 1, SIZE, SIZE, SIZE))
     coords = torch.tensor([[[1, 2, 3]]])
-    method._decode(emb, coords, torch.tensor([[1]]), method._empty_low(1, emb.device))
+    low = empty_low(method.model, 1, emb.device)
+    decode_points(method.model, emb, coords, torch.tensor([[1]]), low)
     assert got["points"][0].tolist() == [[[3.0, 2.0, 1.0]]]
 
 
-def test_volume_is_transposed_to_xyz_for_the_network(method: SAMMed3D) -> None:
+def test_volume_is_transposed_to_xyz_for_the_network() -> None:
     x = torch.randn(1, 1, 2, 3, 4)
-    y = method._to_net(x)
+    y = to_net(x)
     assert y.shape == (1, 1, 4, 3, 2) and y[0, 0, 3, 1, 0] == x[0, 0, 0, 1, 3]
-    assert torch.equal(method._to_net(y), x)
+    assert torch.equal(to_net(y), x)
 
 
 def test_training_step_backpropagates_into_encoder_and_decoder(method: SAMMed3D) -> None:
@@ -152,56 +172,75 @@ def test_a_batch_without_usable_targets_is_skipped(method: SAMMed3D) -> None:
 
 
 @pytest.mark.parametrize("rule", ["center", "random"])
-def test_refine_accumulates_clicks_and_reports_every_step(method: SAMMed3D, rule: str) -> None:
-    method.hparams["num_clicks"] = 3
-    method.hparams["click_rule"] = rule
+def test_n_click_protocol_accumulates_clicks(method: SAMMed3D, rule: str) -> None:
+    # SAM-Med3D's own test: the interactive protocol without a box, N clicks by a rule
+    assert not method.test_protocol.box and method.test_protocol.clicks == 5
     volume = torch.randn(40, 40, 40)
-    target = _cube((40, 40, 40), (10, 12, 14), (20, 22, 24))
-    steps: list[tuple[int, Any]] = []
-    prob, (lo, hi), clicks = method.refine(
+    label = _cube((40, 40, 40), (10, 12, 14), (20, 22, 24)).long()
+    result = run_interactive(
+        method.segment_interactive,
         volume,
-        (10, 12, 14),
-        (20, 22, 24),
-        target=target,
-        on_step=lambda step, p, t, click: steps.append((step, click)),
+        label,
+        [1.0] * 3,
+        None,
+        num_clicks=3,
+        box=False,
+        click_rule=rule,
     )
-    assert [s for s, _ in steps] == [0, 1, 2]
-    added = [c for _, c in steps if c is not None]
-    assert clicks == added and len(clicks) >= 1
-    first, label = clicks[0]
-    assert label == 1 and bool(target[first])  # an empty prediction: the click is a miss
+    assert [s["step"] for s in result.steps] == [1, 2, 3]
+    assert {s["prompt"] for s in result.steps} == {"click"}
+    prompt = result.prompts[1]
+    assert prompt.order[0] == "fg" and bool(label[prompt.fg[0]])  # the first click is a miss
+    assert len(prompt.fg) + len(prompt.bg) == sum(o is not None for o in prompt.order) >= 1
+    for s in result.steps:
+        assert 0.0 <= s["dsc"] <= 1.0
+
+
+def test_one_window_is_centred_on_a_small_target(method: SAMMed3D) -> None:
+    volume = torch.randn(40, 40, 40)
+    clicks = [((15, 17, 19), 1)]
+    prob, (lo, hi) = segment_region(
+        method.model, volume, ((10, 12, 14), (20, 22, 24)), clicks, method._cache, method.inference
+    )
     # one 32³ window centred on the target, clipped to the volume
     assert (lo, hi) == ((0, 1, 3), (31, 33, 35))
     assert prob.shape == (31, 32, 32) and bool(((prob >= 0) & (prob <= 1)).all())
 
 
-def test_refine_covers_a_target_larger_than_the_window(method: SAMMed3D) -> None:
+def test_windows_cover_a_target_larger_than_one(method: SAMMed3D) -> None:
     volume = torch.randn(20, 20, 90)
-    target = _cube((20, 20, 90), (5, 5, 2), (15, 15, 88))
-    prob, (lo, hi), _ = method.refine(volume, (5, 5, 2), (15, 15, 88), target=target)
+    region = ((5, 5, 2), (15, 15, 88))
+    prob, (lo, hi) = segment_region(
+        method.model, volume, region, [((10, 10, 40), 1)], method._cache, method.inference
+    )
     assert lo[2] <= 2 and hi[2] >= 88  # the whole target is covered
     assert prob.shape == tuple(b - a for a, b in zip(lo, hi, strict=True))
 
 
-def test_refine_with_given_clicks_needs_no_target(method: SAMMed3D) -> None:
+def test_clicks_alone_set_the_region(method: SAMMed3D) -> None:
     volume = torch.randn(40, 40, 40)
-    clicks = [((20, 20, 20), 1), ((5, 5, 5), 0)]
-    prob, _, out = method.refine(volume, (20, 20, 20), (21, 21, 21), clicks=clicks)
-    assert out == clicks and prob.shape == (32, 32, 32)
+    prompts = {1: ClassPrompt(fg=[(20, 20, 20)], bg=[(5, 5, 5)])}
+    seg = method.segment_interactive(volume, [1.0] * 3, prompts, None)
+    assert seg.shape == volume.shape and set(seg.unique().tolist()) <= {0, 1}
+    assert not bool(seg[:4].any())  # the cube centred on the positive click ends at z = 36
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("make", "match"),
     [
-        ({"num_clicks": 0}, "num_clicks"),
-        ({"train_iterations": 0}, "train_iterations"),
-        ({"mask_threshold": 1.0}, "mask_threshold"),
-        ({"window_overlap": 1.0}, "window_overlap"),
+        (lambda: Evaluation(clicks=-1), "clicks"),
+        (lambda: ClickSimulation(train_iterations=0), "train_iterations"),
+        (lambda: WindowInference(mask_threshold=1.0), "mask_threshold"),
+        (lambda: WindowInference(window_overlap=1.0), "window_overlap"),
+        (
+            lambda: SAMMed3D(arch="tiny", image_size=SIZE, evaluation=Evaluation(clicks=0)),
+            "takes no box",
+        ),
     ],
 )
-def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
+def test_bad_arguments(make: Any, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        SAMMed3D(arch="tiny", image_size=SIZE, **kwargs)
+        make()
 
 
 def _bright_cubes(generator: torch.Generator, n: int = 4) -> dict[str, torch.Tensor]:
@@ -221,11 +260,10 @@ def test_training_learns_to_segment_from_one_click() -> None:
     method = SAMMed3D(
         arch="tiny",
         image_size=SIZE,
-        train_iterations=3,
+        click_simulation=ClickSimulation(train_iterations=3),
         lr=1e-3,
         decoder_lr_scale=1.0,
         lr_schedule="constant",
-        num_clicks=1,
         export_official=False,
     )
     method.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
@@ -236,12 +274,10 @@ def test_training_learns_to_segment_from_one_click() -> None:
         scores = []
         for i in range(batch["image"].shape[0]):
             volume, target = batch["image"][i, 0], batch["label"][i, 0] == 1
-            found = torch.nonzero(target)
-            lo = tuple(int(v) for v in found.min(0).values)
-            hi = tuple(int(v) + 1 for v in found.max(0).values)
-            prob, (blo, bhi), _ = method.refine(volume, lo, hi, target=target)
-            pred = torch.zeros_like(target)
-            pred[tuple(slice(a, b) for a, b in zip(blo, bhi, strict=True))] = prob > 0.5
+            click = next_click(np.zeros(target.shape, bool), target.numpy())
+            assert click is not None and click[1]
+            prompts = {1: ClassPrompt(fg=[click[0]])}
+            pred = method.segment_interactive(volume, [1.0] * 3, prompts, None) == 1
             scores.append(float(2 * (pred & target).sum() / (pred.sum() + target.sum())))
         return sum(scores) / len(scores)
 
@@ -256,17 +292,18 @@ def test_training_learns_to_segment_from_one_click() -> None:
     assert after > 0.4 and after > before + 0.3, (before, after)
 
 
-def test_interactive_box_becomes_a_centre_click_and_the_region(method: SAMMed3D) -> None:
-    from segfm.evaluation.interactive import ClassPrompt
+def test_interactive_box_becomes_a_centre_click_and_the_region(
+    method: SAMMed3D, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import segfm.methods.sam_med3d as module
 
     calls: list[dict[str, Any]] = []
-    refine = method.refine
 
-    def spy(volume: torch.Tensor, lo: Any, hi: Any, **kwargs: Any) -> Any:
-        calls.append({"lo": lo, "hi": hi, **kwargs})
-        return refine(volume, lo, hi, **kwargs)
+    def spy(network: Any, volume: torch.Tensor, region: Any, clicks: Any, *args: Any) -> Any:
+        calls.append({"region": region, "clicks": clicks, "previous": args[2]})
+        return segment_region(network, volume, region, clicks, *args)
 
-    method.refine = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(module, "segment_region", spy)
     box = {
         "z_min": 4,
         "z_max": 9,
@@ -282,15 +319,13 @@ def test_interactive_box_becomes_a_centre_click_and_the_region(method: SAMMed3D)
     previous[5:8, 12:15, 11:19] = 2
     seg = method.segment_interactive(volume, [1.5] * 3, prompts, previous)
     (call,) = calls
-    assert call["lo"] == (4, 12, 10) and call["hi"] == (10, 17, 21)
+    assert call["region"] == ((4, 12, 10), (10, 17, 21))
     assert call["clicks"] == [((6, 14, 15), 1), ((5, 13, 11), 0)]
     assert torch.equal(call["previous"], previous == 2)
     assert seg.shape == volume.shape and set(seg.unique().tolist()) <= {0, 2}
 
 
 def test_protocol_steps_reuse_the_embeddings_of_the_same_volume(method: SAMMed3D) -> None:
-    from segfm.evaluation.interactive import ClassPrompt
-
     calls: list[int] = []
     encode = method.model.encode
 

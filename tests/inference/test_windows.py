@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from segfm.methods.roi import crop_padded, inside, paste_add, region_windows, windows_box
+from segfm.inference.windows import crop_padded, inside, paste_add, region_windows, windows_box
 
 
 def test_a_region_that_fits_gets_one_centred_window() -> None:
