@@ -196,7 +196,7 @@ def main(args: list[str] | None = None) -> Any:
     except UsageError as err:
         if debug:
             raise
-        _fail([f"error: {err}", f"{err.hint} lists the options"], console, err)
+        _fail([f"error: {err}", f"see {err.hint} for the options"], console, err)
     except SegfmError as err:
         if debug:
             raise

@@ -108,7 +108,7 @@ def build_error(err: BaseException) -> ConfigError | None:
         return None
     cls = _built_class(cause)
     if cls is None:
-        key = "--trainer"
+        key = "config"
     elif issubclass(cls, LightningModule):
         key = f"--model ({cls.__name__})"
     elif issubclass(cls, LightningDataModule):
@@ -148,9 +148,6 @@ class SegfmCLI(LightningCLI):
         for name in self.subcommands():
             kwargs.setdefault(name, {}).setdefault("description", self.descriptions[name])
         super()._add_subcommands(parser, **kwargs)
-        choices = parser._subcommands_action._choices_actions  # the listing of `segfm --help`
-        for action in choices:
-            action.help = self.descriptions.get(action.dest, action.help)
 
     def _add_arguments(self, parser: LightningArgumentParser) -> None:
         super()._add_arguments(parser)
@@ -162,7 +159,8 @@ class SegfmCLI(LightningCLI):
                     f"{what}: a class path, a YAML file with class_path and init_args, or "
                     f"--{action.dest}.init_args.NAME VALUE. One of: {', '.join(names)}."
                 )
-                action.extra_help = str  # instead of the classes imported so far: ""
+                # the registry's list replaces jsonargparse's, which has only the classes imported
+                action.extra_help = lambda: ""
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse the command line; a usage error ends in one line naming the option."""

@@ -56,7 +56,7 @@ def test_usage_errors_are_one_line_with_the_nearest_option(case, npy_slices_root
         main(_fit(npy_slices_root, *extra))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-2:] == [f"segfm: error: {expected}", "segfm: segfm fit --help lists the options"]
+    assert err[-2:] == [f"segfm: error: {expected}", "segfm: see segfm fit --help for the options"]
     assert "usage:" not in "\n".join(err) and "Traceback" not in "\n".join(err)
 
 
