@@ -21,6 +21,7 @@ _REQUIRED = re.compile(r"the following arguments are required: (.+)")
 _UNRECOGNIZED = re.compile(r"Unrecognized arguments: (.+)", re.IGNORECASE)
 _EXPECTED = re.compile(r"Expected an? (.+?)(?:\. Got value: (.*))?$")
 _GIVEN = re.compile(r"^\s*Given value: (.*)$", re.MULTILINE)
+_TRAINER_STAGE = re.compile(r"^(fit|validate|test|predict)\.")  # "fit.model" is --model
 _NO_CLASS = ("has no attribute", "No module named", "dot import path", "not accessible or invalid")
 #: registries of the class-typed options: option -> (package, registry attribute, base class)
 _REGISTRIES = {
@@ -176,8 +177,10 @@ def usage_message(message: str, parser: Any = None) -> str:
             return line
     required = _REQUIRED.search(message)
     if required and not class_path:
-        names = [n.strip() for n in required.group(1).split(",")]
-        return "missing " + ", ".join(f"--{n}" for n in names) + ": give each a value"
+        names = [_TRAINER_STAGE.sub("", n.strip()) for n in required.group(1).split(",")]
+        options = ", ".join(f"--{n}" for n in names)
+        where = " or in a --config file" if "--config" in parser_options(parser) else ""
+        return f"missing {options}: give them on the command line{where}"
     expected = _expected(message)
     if key and expected:
         return f"--{key}: {expected}"

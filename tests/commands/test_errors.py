@@ -60,6 +60,16 @@ def test_usage_errors_are_one_line_with_the_nearest_option(case, npy_slices_root
     assert "usage:" not in "\n".join(err) and "Traceback" not in "\n".join(err)
 
 
+def test_missing_options_are_named_as_typed(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-2] == (
+        "segfm: error: missing --data, --model: give them on the command line or in a --config file"
+    )
+
+
 def test_a_missing_required_value_names_its_option(capsys):
     with pytest.raises(SystemExit) as info:
         main(["fit", "--config", TINY])  # the config leaves data.root null
@@ -77,7 +87,7 @@ def test_a_missing_required_value_names_its_option(capsys):
         (["fitt"], "unknown subcommand 'fitt'; did you mean fit?"),
         (["track", "--embedings", "e", "--pairs", "p"], "unknown option --embedings; did you mean"),
         (["track", "--embeddings", "e", "--pairs", "p", "--method", "best"], "--method: expected"),
-        (["export", "--ckpt_path", "x.ckpt"], "missing --output"),
+        (["export", "--ckpt_path", "x.ckpt"], "missing --output: give them on the command line"),
         (["--print_config"], "choose a subcommand"),
     ],
 )
