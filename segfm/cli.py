@@ -1,142 +1,186 @@
-"""The ``segfm`` command: Lightning's fit/validate/test/predict plus segfm's own subcommands."""
+"""The ``segfm`` command: Lightning's fit/validate/test/predict plus segfm's own subcommands.
+
+This module stays light: ``segfm --help`` is built from the plain data below and imports neither
+torch nor Lightning. A subcommand's module is imported only when that subcommand is parsed:
+segfm's own subcommands (:mod:`segfm.commands`) are functions whose signature is the command
+line and whose docstring is the help; the four Trainer subcommands run
+:mod:`segfm.commands.trainer` (LightningCLI).
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
+import shutil
 import sys
-import zipfile
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+import textwrap
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any, NoReturn
 
-from jsonargparse import lazy_instance
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
-
-import segfm.accelerators  # noqa: F401  (registers accelerator npu, strategies single_npu / ddp_npu)
-from segfm.data.base import BaseDataModule
-from segfm.errors import CheckpointError, SegfmError
-from segfm.evaluate import evaluate
-from segfm.export import export
-from segfm.methods.base import BaseTask, run_dir
-from segfm.register import register
-from segfm.track import track
-from segfm.verify import verify_data_command
-
-#: segfm's own subcommands: thin wrappers whose arguments come from the library function
-EXTRA_SUBCOMMANDS: dict[str, Callable[..., Any]] = {
-    "export": export,
-    "evaluate": evaluate,
-    "verify-data": verify_data_command,
-    "track": track,
-    "register": register,
-}
+import segfm
+from segfm.commands.usage import UsageError, usage_error
+from segfm.errors import SegfmError
 
 
-class SegfmSaveConfig(SaveConfigCallback):
-    """Save the resolved config with the run, and into W&B's run config when W&B logs.
+@dataclass(frozen=True)
+class Subcommand:
+    """One subcommand of ``segfm``.
 
-    ``fit`` writes ``config.yaml``; other subcommands write ``config_<stage>.yaml``, so testing
-    into the folder of a fit never overwrites the fit's config.
+    Attributes:
+        description: One whole sentence: the listing's line and the subcommand's help. For
+            segfm's own subcommands it is the first line of the function's docstring.
+        target: ``"module:function"`` of segfm's own subcommands; None for a Trainer method.
     """
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Pick the file name from the stage and the folder from the run, then save."""
-        if self.already_saved:
-            return
-        stage = getattr(stage, "value", stage)  # Lightning passes a TrainerFn enum
-        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
-        # Lightning saves into trainer.log_dir, the save_dir every W&B run shares: go one deeper
-        folder = run_dir(trainer)
-        if trainer.is_global_zero:
-            folder.mkdir(parents=True, exist_ok=True)
-        self.config_filename = os.path.relpath(folder / name, trainer.log_dir)
-        super().setup(trainer, pl_module, stage)
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Send the resolved config to every W&B logger (rank zero)."""
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                config = (
-                    self.config.as_dict() if hasattr(self.config, "as_dict") else dict(self.config)
-                )
-                logger.experiment.config.update(config, allow_val_change=True)
+    description: str
+    target: str | None = None
 
 
-def _check_ckpt_path(ckpt_path: str | None) -> None:
-    """Refuse a missing or unreadable ``--ckpt_path`` in one line, before Lightning reads it."""
-    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or ckpt_path.startswith("registry"):
-        return
-    path = Path(ckpt_path)
-    if not path.is_file():
-        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
-        msg = f"--ckpt_path {ckpt_path} {what}; give a .ckpt file written by segfm fit"
-        raise CheckpointError(msg)
-    if not zipfile.is_zipfile(path):
-        msg = (
-            f"--ckpt_path {ckpt_path} is not a readable PyTorch checkpoint (truncated or corrupt); "
-            "copy it again or pick another checkpoint"
-        )
-        raise CheckpointError(msg)
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "fit": Subcommand("Train a method on a data module, validating and checkpointing as it goes."),
+    "validate": Subcommand("Run one pass over the validation split and log its loss and metrics."),
+    "test": Subcommand(
+        "Evaluate a method on the test split and write its tables, predictions and overlays."
+    ),
+    "predict": Subcommand("Segment the predict split and write the predictions, without scoring."),
+    "export": Subcommand(
+        "Write the network of a Lightning checkpoint as an official checkpoint file.",
+        "segfm.commands.export:export",
+    ),
+    "evaluate": Subcommand(
+        "Score a folder of saved predictions against the ground truth, case by case.",
+        "segfm.commands.evaluate:evaluate",
+    ),
+    "verify-data": Subcommand(
+        "Check a dataset before training: every problem with its file and fix.",
+        "segfm.verify:verify_data_command",
+    ),
+    "track": Subcommand(
+        "Track DeepLesion lesions with saved embeddings and report CPM and MED (DLT pairs).",
+        "segfm.commands.track:track",
+    ),
+    "register": Subcommand(
+        "Register a moving volume to a fixed one with anatomical-embedding matches (+ deedsBCV).",
+        "segfm.commands.register:register",
+    ),
+}
+
+HELP = ("-h", "--help")
 
 
-class SegfmCLI(LightningCLI):
-    """LightningCLI on segfm's base classes (subclass mode) with extra subcommands."""
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        super()._add_subcommands(parser, **kwargs)
-        subcommands = parser._subcommands_action
-        for name, fn in EXTRA_SUBCOMMANDS.items():
-            description = (fn.__doc__ or "").strip().splitlines()[0]
-            sub = LightningArgumentParser(description=description)
-            # sub_configs: a class-typed argument also takes a YAML file (verify-data --data X.yaml)
-            sub.add_function_arguments(fn, fail_untyped=True, sub_configs=True)
-            subcommands.add_subcommand(name, sub, help=description)
-
-    def _parse_ckpt_path(self) -> None:
-        # Lightning merges a checkpoint's hyper-parameters over the parsed config, so
-        # `test --ckpt_path X --model.init_args.output_dir Y` would silently lose Y. When the
-        # config names the method, its options (and the command line) win; weights still come
-        # from the checkpoint. Without a method in the config, the checkpoint supplies it.
-        subcommand = self.config.get("subcommand")
-        if subcommand in EXTRA_SUBCOMMANDS:
-            return
-        if subcommand:
-            _check_ckpt_path(self.config[subcommand].get("ckpt_path"))
-        model = self.config[subcommand].get("model") if subcommand else None
-        if model is not None and model.get("class_path"):
-            return
-        super()._parse_ckpt_path()
-
-    def _set_seed(self) -> None:
-        if self.config.get("subcommand") in EXTRA_SUBCOMMANDS:
-            return
-        super()._set_seed()
-
-    def instantiate_classes(self) -> None:
-        """Instantiate model, data and trainer, except for segfm's own subcommands."""
-        if self.subcommand in EXTRA_SUBCOMMANDS:
-            return
-        super().instantiate_classes()
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        if subcommand in EXTRA_SUBCOMMANDS:
-            EXTRA_SUBCOMMANDS[subcommand](**self.config[subcommand].as_dict())
-            return
-        super()._run_subcommand(subcommand)
+def overview() -> str:
+    """The text of ``segfm --help``: usage, what segfm is, and one line per subcommand."""
+    width = min(shutil.get_terminal_size().columns, 100)
+    names = ",".join(SUBCOMMANDS)
+    lines = [f"usage: segfm [-h] [--debug] {{{names}}} ...", "", (segfm.__doc__ or "").strip(), ""]
+    lines.append("subcommands (segfm SUBCOMMAND --help lists its options):")
+    pad = max(map(len, SUBCOMMANDS)) + 4
+    for name, sub in SUBCOMMANDS.items():
+        wrapped = textwrap.wrap(sub.description, width - pad) or [""]
+        lines.append(f"  {name:<{pad - 2}}{wrapped[0]}")
+        lines += [" " * pad + rest for rest in wrapped[1:]]
+    lines += [
+        "",
+        "options:",
+        "  -h, --help  Show this help message and exit.",
+        "  --debug     Show the full traceback of an error (or set SEGFM_DEBUG=1).",
+    ]
+    return "\n".join(lines)
 
 
-def main(args: list[str] | None = None) -> SegfmCLI | None:
+def _find_subcommand(words: list[str]) -> tuple[int, str] | None:
+    """The position and name of the first word that is not an option (or a config file)."""
+    skip = False
+    for i, word in enumerate(words):
+        if skip:
+            skip = False
+        elif word in ("-c", "--config"):
+            skip = True
+        elif not word.startswith("-"):
+            return i, word
+    return None
+
+
+def _own_parser(name: str, fn: Any) -> Any:
+    """A jsonargparse parser of a function: its typed parameters are the options."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(
+        prog=f"segfm {name}", description=SUBCOMMANDS[name].description, exit_on_error=False
+    )
+    # sub_configs: a class-typed argument also takes a YAML file (verify-data --data X.yaml)
+    parser.add_function_arguments(fn, fail_untyped=True, sub_configs=True)
+    return parser
+
+
+def _run_own(name: str, words: list[str]) -> Any:
+    """Parse the options of one of segfm's own subcommands and call its function."""
+    from jsonargparse import ArgumentError
+
+    module, _, function = (SUBCOMMANDS[name].target or "").partition(":")
+    fn = getattr(import_module(module), function)
+    parser = _own_parser(name, fn)
+    try:
+        config = parser.parse_args(words)
+    except ArgumentError as err:
+        raise usage_error(err, parser, f"segfm {name} --help") from err
+    return fn(**config.as_dict())
+
+
+def _run_trainer(name: str, args: list[str] | None) -> Any:
+    """Run fit/validate/test/predict through LightningCLI."""
+    from segfm.commands.trainer import run_trainer
+
+    descriptions = {k: v.description for k, v in SUBCOMMANDS.items() if v.target is None}
+    return run_trainer(name, descriptions, args)
+
+
+def _fail(lines: list[str], console: bool, err: BaseException) -> NoReturn:
+    for line in lines:
+        print(f"segfm: {line}", file=sys.stderr)
+    if console or not isinstance(err, SegfmError):
+        raise SystemExit(2) from None
+    raise err
+
+
+def _dispatch(words: list[str], args: list[str] | None) -> Any:
+    found = _find_subcommand(words)
+    if found is None:
+        if words and not set(words) & set(HELP):
+            hint = "segfm --help"
+            msg = f"choose a subcommand: {', '.join(SUBCOMMANDS)}"
+            raise UsageError(msg, hint)
+        print(overview(), file=sys.stdout if words else sys.stderr)
+        raise SystemExit(0 if words else 2)
+    position, name = found
+    if name not in SUBCOMMANDS:
+        near = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1)
+        fix = f"did you mean {near[0]}?" if near else f"choose one of {', '.join(SUBCOMMANDS)}"
+        msg = f"unknown subcommand '{name}'; {fix}"
+        raise UsageError(msg, "segfm --help")
+    if SUBCOMMANDS[name].target is not None:
+        if position:
+            msg = f"put the options after the subcommand: segfm {name} {' '.join(words[:position])}"
+            raise UsageError(msg, f"segfm {name} --help")
+        return _run_own(name, words[1:])
+    return _run_trainer(name, args)
+
+
+def main(args: list[str] | None = None) -> Any:
     """Run the segfm command line.
+
+    Errors in the command line or in the values given to the classes end in one line naming the
+    option and the fix (exit status 2); ``--debug`` or ``SEGFM_DEBUG=1`` shows the traceback.
 
     Args:
         args: Arguments instead of ``sys.argv[1:]`` (for tests and notebooks).
 
     Returns:
-        The CLI object when called with ``args`` (tests, notebooks); None when run from the
-        console (the console script passes the return value to ``sys.exit``, which would print
-        an object and exit with status 1).
+        With ``args``: the CLI object of a Trainer subcommand (model, data module, trainer) or
+        what segfm's own subcommand returned. None when run from the console (the console
+        script passes the return value to ``sys.exit``, which would print an object and exit
+        with status 1).
     """
     debug = os.environ.get("SEGFM_DEBUG", "") not in ("", "0")
     argv = sys.argv if args is None else list(args)  # DDP workers re-run sys.argv: edit it in place
@@ -145,23 +189,17 @@ def main(args: list[str] | None = None) -> SegfmCLI | None:
         debug = True
     if "WANDB_SWEEP_ID" not in os.environ:  # a sweep agent's runs report to the sweep
         os.environ.setdefault("WANDB_MODE", "offline")
+    words = argv[1:] if args is None else argv
+    console = args is None
     try:
-        cli = SegfmCLI(
-            model_class=BaseTask,
-            datamodule_class=BaseDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            seed_everything_default=0,
-            trainer_defaults={"logger": lazy_instance(CSVLogger, save_dir="runs")},
-            save_config_callback=SegfmSaveConfig,
-            args=None if args is None else argv,
-        )
+        result = _dispatch(words, None if console else argv)
+    except UsageError as err:
+        if debug:
+            raise
+        _fail([f"error: {err}", f"see {err.hint} for the options"], console, err)
     except SegfmError as err:
         if debug:
             raise
-        print(f"segfm: error: {err}", file=sys.stderr)
-        print("segfm: run again with --debug (or SEGFM_DEBUG=1) for the traceback", file=sys.stderr)
-        if args is None:
-            raise SystemExit(2) from None
-        raise
-    return None if args is None else cli
+        lines = [f"error: {err}", "run again with --debug (or SEGFM_DEBUG=1) for the traceback"]
+        _fail(lines, console, err)
+    return None if console else result

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-import segfm.cli
-import segfm.register
+import segfm.tracking.register_files
 from segfm.cli import main
+from segfm.commands.register import register
 from segfm.data.io.embeddings_h5 import nifti_affine
 from segfm.data.io.nifti import Volume, write_nifti
 from segfm.errors import DataError
-from segfm.register import register
-from segfm.registration.pipeline import register_volumes
-from segfm.registration.resample import warp
-from tests.registration.features import embed, textured_volume
+from segfm.tracking.registration import register_volumes
+from segfm.tracking.resample import warp
+from tests.tracking.features import embed, textured_volume
 
 FIXED_AFFINE = np.diag([1.6, 1.6, 2.5, 1.0])  # NIfTI (x, y, z), anisotropic
 FIXED_AFFINE[:3, 3] = [-38, -38, -40]
@@ -102,7 +101,9 @@ def files(tmp_path, monkeypatch):
     fixed, moving = _pair(rigid=False)
     write_nifti(tmp_path / "fixed.nii.gz", fixed.array, fixed.affine)
     write_nifti(tmp_path / "moving.nii.gz", moving.array, moving.affine)
-    monkeypatch.setattr(segfm.register, "_embedder", lambda ckpt, arch, device: embed)
+    monkeypatch.setattr(
+        segfm.tracking.register_files, "load_embedder", lambda ckpt, arch, device: embed
+    )
     fake = tmp_path / "deedsBCV"
     fake.write_text(FAKE_DEEDS.format(python=sys.executable))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)

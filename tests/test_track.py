@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from segfm.cli import main
+from segfm.commands.track import track
 from segfm.errors import ConfigError, DataError
-from segfm.evaluation.dlt import dlt_nifti_affine, dlt_to_world, world_to_dlt
-from segfm.track import track
-from tests.evaluation.synthetic_embeddings import scale_shift, write_case
+from segfm.tracking.dlt import dlt_nifti_affine, dlt_to_world, world_to_dlt
+from tests.tracking.synthetic_embeddings import scale_shift, write_case
 
 # an LPS+ 2 mm grid (x' to the left, y' to the back, z' up) over both DeepLesion-style volumes
 GRID = np.array([[0, 0, -2.0, 0], [0, -2.0, 0, 0], [2.0, 0, 0, -46], [0, 0, 0, 1]])

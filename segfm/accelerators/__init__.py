@@ -1,6 +1,6 @@
 """Hardware Lightning does not ship: Ascend NPUs (``accelerator: npu``).
 
-Importing this package (``segfm.cli`` does) registers the ``npu`` accelerator and the
+Importing this package (``segfm.commands.trainer`` does) registers the ``npu`` accelerator and the
 ``single_npu``, ``ddp_npu`` and ``ddp_npu_find_unused_parameters_true`` strategies with
 Lightning's registries. torch_npu is imported only when an NPU is asked for.
 """

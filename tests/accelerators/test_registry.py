@@ -29,7 +29,7 @@ def test_registered_at_import_and_idempotent():
 
 
 def test_cli_registers_at_start():
-    import segfm.cli  # noqa: F401
+    import segfm.commands.trainer  # noqa: F401  (fit/validate/test/predict)
 
     assert "npu" in AcceleratorRegistry.available_accelerators()
     assert {"single_npu", "ddp_npu"} <= set(StrategyRegistry.available_strategies())

@@ -11,7 +11,7 @@ import pytest
 
 from segfm.data.io.nifti import write_nifti
 from segfm.errors import DataError
-from segfm.evaluate import evaluate
+from segfm.evaluation.folder_scores import score_folders
 from segfm.evaluation.scoring import (
     LoadedCase,
     load_case,
@@ -89,7 +89,7 @@ def test_evaluate_npz_interactive_known_answers(interactive, tmp_path):
     pred_dir, gt_dir = interactive
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match=r"stray\.npz: no ground truth"):
-        report = evaluate(str(pred_dir), str(gt_dir), str(out))
+        report = score_folders(str(pred_dir), str(gt_dir), str(out))
     rows = read_csv(out / "cases.csv")
     assert float(rows["same"]["dsc"]) == 1.0 and float(rows["same"]["nsd"]) == 1.0
     # class 2 missing, both classes 108 voxels: DSC (1 + 0) / 2; NSD (1 + 0) / 2 (0.5 > 0.2)
@@ -132,7 +132,7 @@ def test_evaluate_text_track_spacing_and_prompts_from_images(tmp_path):
     found[cells == 1], found[cells == 2] = 1, 1  # binary: two of three instances, exact
     np.savez_compressed(pred_dir / "cells.npz", segs=found.astype(np.uint8))
     np.savez(img_dir / "cells.npz", imgs=cells, text_prompts=prompts(1, **{"1": "cell"}))
-    report = evaluate(str(pred_dir), str(gt_dir), str(tmp_path / "out"), images=str(img_dir))
+    report = score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"), images=str(img_dir))
     rows = read_csv(tmp_path / "out" / "cases.csv")
     assert rows["ct"]["protocol"] == "semantic"
     assert float(rows["ct"]["dsc"]) == 1.0 and float(rows["ct"]["nsd"]) == 1.0
@@ -154,9 +154,9 @@ def test_protocol_override_and_missing_spacing(tmp_path):
     np.savez_compressed(gt_dir / "cells.npz", gts=cells)
     np.savez_compressed(pred_dir / "cells.npz", segs=cells)
     with pytest.raises(DataError, match=r"cells\.npz: no 3-value spacing.*--images"):
-        evaluate(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
+        score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
     # instance scoring needs no spacing
-    report = evaluate(str(pred_dir), str(gt_dir), str(tmp_path / "out"), protocol="instance")
+    report = score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"), protocol="instance")
     assert report["f1"]["mean"] == 1.0
 
 
@@ -242,7 +242,7 @@ def test_evaluate_nifti(tmp_path):
     # half: class 2 missing; written with a shifted origin -> warned, still scored
     write_nifti(pred_dir / "b.nii.gz", np.where(gt == 2, 0, gt), affine(SPACING, shift=5.0))
     with pytest.warns(UserWarning, match=r"b\.nii\.gz: affine differs"):
-        evaluate(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
+        score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
     rows = read_csv(tmp_path / "out" / "cases.csv")
     assert float(rows["a"]["dsc"]) == 1.0 and float(rows["a"]["nsd"]) == 1.0
     assert float(rows["b"]["dsc"]) == 0.5 and float(rows["b"]["nsd"]) == 0.5
@@ -250,7 +250,7 @@ def test_evaluate_nifti(tmp_path):
     assert load_case(pair).spacing == SPACING
     write_nifti(pred_dir / "a.nii.gz", gt[:, :, :8], affine(SPACING))
     with pytest.raises(DataError, match="prediction shape"):
-        evaluate(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
+        score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
 
 
 def test_case_without_classes_is_left_out_of_the_mean(tmp_path):
@@ -258,6 +258,6 @@ def test_case_without_classes_is_left_out_of_the_mean(tmp_path):
     gt_dir.mkdir(), pred_dir.mkdir()
     np.savez_compressed(gt_dir / "a.npz", gts=np.zeros((4, 4, 4), np.uint8), spacing=SPACING)
     np.savez_compressed(pred_dir / "a.npz", segs=np.zeros((4, 4, 4), np.uint8))
-    report = evaluate(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
+    report = score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
     # no class in the ground truth: nothing to average, the case is NaN and left out of the mean
     assert report["dsc"]["n"] == 0 and math.isnan(report["dsc"]["mean"])

@@ -16,7 +16,7 @@ applyBCVfloat guesses ``step`` as the cube root of the size ratio, which is wron
 anisotropic or non-cubic grids (the original's patched ``applyBCVfloat_aniso.cpp``, missing
 from its repository, hard-coded ``final_ratio = 3``). Here ``step`` is the finest ``-G`` value,
 the sizes are checked against the file, and the field is applied in world space
-(:class:`~segfm.registration.resample.Displacement`), so it carries over to any (anisotropic,
+(:class:`~segfm.tracking.resample.Displacement`), so it carries over to any (anisotropic,
 original-resolution) output grid.
 """
 

@@ -1,7 +1,8 @@
 """Embedding-based registration of two volumes: resample, embed, match, fit, warp (and deeds).
 
-The library layer behind :func:`segfm.register.register`: it takes an ``embed`` callable, so a
-trained network, or any function mapping an image to L2-normalised feature maps, can drive it.
+The library layer behind ``segfm register`` (:mod:`segfm.tracking.register_files` reads and
+writes the files): it takes an ``embed`` callable, so a trained network, or any function mapping
+an image to L2-normalised feature maps, can drive it.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from segfm.data.io.embeddings_h5 import DEFAULT_STRIDES, EmbeddingVolume, nifti_
 from segfm.data.io.geometry import isotropic_grid, resample
 from segfm.data.io.nifti import Volume, write_nifti
 from segfm.errors import DataError
-from segfm.evaluation.tracking import match_space
-from segfm.registration.deeds import (
+from segfm.tracking.deeds import (
     DEEDS_ARGS,
     finest_step,
     read_displacements,
     run_deeds,
     upsample_displacements,
 )
-from segfm.registration.matching import grid_matches
-from segfm.registration.resample import Displacement, warp
-from segfm.registration.robust import clip_rotation, ransac
+from segfm.tracking.grid_matches import grid_matches
+from segfm.tracking.matching import match_space
+from segfm.tracking.resample import Displacement, warp
+from segfm.tracking.robust import clip_rotation, ransac
 
 #: image [D, H, W] (normalised, on the isotropic grid) -> {"fine", "coarse", ("semantic")}
 Embed = Callable[[np.ndarray], dict[str, np.ndarray]]
@@ -130,7 +131,7 @@ def register_volumes(
     deeds_args: str = DEEDS_ARGS,
     workdir: Path | None = None,
 ) -> Registration:
-    """Register ``moving`` to ``fixed`` with embedding matches (see segfm.register.register).
+    """Register ``moving`` to ``fixed`` with embedding matches (see ``segfm register``).
 
     Args:
         fixed: The fixed volume (read with :func:`segfm.data.io.nifti.read_nifti`).

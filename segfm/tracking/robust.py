@@ -1,7 +1,7 @@
 """Robust fits of point correspondences: Huber IRLS regression, rigid (Kabsch) and affine.
 
 Every function works on ``[N, 3]`` point arrays in one consistent frame (world mm in
-:mod:`segfm.register`) and returns ``(4, 4)`` homogeneous matrices mapping the first point set
+``segfm register``) and returns ``(4, 4)`` homogeneous matrices mapping the first point set
 onto the second (``dst ≈ T @ src``). Pure numpy; replaces the original's statsmodels ``RLM``.
 """
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from segfm.registration.robust import (
+from segfm.tracking.robust import (
     clip_rotation,
     fit_affine_lstsq,
     huber_irls,

@@ -22,7 +22,7 @@ def _format_of(hparams: dict, ckpt_path: str) -> str:
     raise CheckpointError(msg)
 
 
-def export(ckpt_path: str, output: str, format: str | None = None) -> Path:
+def export_checkpoint(ckpt_path: str, output: str, format: str | None = None) -> tuple[Path, str]:
     """Write the network of a Lightning checkpoint as an official checkpoint file.
 
     Args:
@@ -32,13 +32,14 @@ def export(ckpt_path: str, output: str, format: str | None = None) -> Path:
             ``sam_model_registry["vit_b"](checkpoint=...)``). Defaults to the method's own format.
 
     Returns:
-        The path written.
+        The path written and the format written in.
+
+    Raises:
+        CheckpointError: If the file is not a Lightning checkpoint or no format is known.
     """
     ckpt = load_file(ckpt_path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         msg = f"{ckpt_path}: not a Lightning checkpoint (no state_dict); pass a .ckpt of segfm fit"
         raise CheckpointError(msg)
     fmt = format or _format_of(ckpt.get("hyper_parameters", {}), ckpt_path)
-    path = export_state_dict(ckpt["state_dict"], fmt, output)
-    print(f"wrote {path} ({fmt} format)")
-    return path
+    return export_state_dict(ckpt["state_dict"], fmt, output), fmt

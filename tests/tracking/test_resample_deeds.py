@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 from segfm.errors import ConfigError, DataError
-from segfm.registration.deeds import (
+from segfm.tracking.deeds import (
     finest_step,
     read_displacements,
     run_deeds,
     upsample_displacements,
 )
-from segfm.registration.resample import Displacement, warp
+from segfm.tracking.resample import Displacement, warp
 
 AFFINE = np.array([[3.0, 0, 0, -10], [0, 1.5, 0, 4], [0, 0, 1.5, 7], [0, 0, 0, 1]])  # (z,y,x)
 

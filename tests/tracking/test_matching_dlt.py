@@ -11,7 +11,7 @@ from nibabel import orientations
 
 from segfm.data.io.embeddings_h5 import read_embeddings
 from segfm.errors import DataError
-from segfm.evaluation.dlt import (
+from segfm.tracking.dlt import (
     dlt_nifti_affine,
     dlt_to_world,
     markdown_table,
@@ -20,14 +20,14 @@ from segfm.evaluation.dlt import (
     summarise,
     world_to_dlt,
 )
-from segfm.evaluation.tracking import (
+from segfm.tracking.matching import (
     fixed_point_match,
     local_grid,
     match_points,
     match_space,
     upsample_linear,
 )
-from tests.evaluation.synthetic_embeddings import scale_shift, write_case
+from tests.tracking.synthetic_embeddings import scale_shift, write_case
 
 AFFINE = np.array([[0, 0, -2.0, 20], [0, -2.0, 0, 25], [2.0, 0, 0, -30], [0, 0, 0, 1]])
 MOVE = scale_shift(1.1, [8.0, -6.0, 10.0])

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from segfm.data.io.embeddings_h5 import EmbeddingVolume
-from segfm.registration.robust import huber_irls
+from segfm.tracking.robust import huber_irls
 
 #: queries per block of the similarity product (bounds memory to block x target voxels)
 _BLOCK = 64

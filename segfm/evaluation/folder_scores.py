@@ -1,4 +1,4 @@
-"""Score saved predictions against ground truth without a model (``segfm evaluate``)."""
+"""Score a folder of saved predictions against ground truth without a model (``segfm evaluate``)."""
 
 from __future__ import annotations
 
@@ -29,18 +29,23 @@ def _case_columns(protocols: set[str]) -> list[str]:
     return columns
 
 
-def _print_summary(report: dict[str, Any], metrics: list[str], output: Path) -> None:
+def summary_text(report: dict[str, Any], output: Path | str) -> str:
+    """The summary ``segfm evaluate`` prints: case counts, then mean ± std of each metric."""
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report["protocols"].items()))
-    print(f"scored {report['cases']} cases ({kinds}) into {output}")
+    lines = [f"scored {report['cases']} cases ({kinds}) into {output}"]
+    metrics = [m for m in SEMANTIC_METRICS + INSTANCE_METRICS if m in report]
     for m in metrics:
         s = report[m]
-        print(f"  {m:<9} {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
+        lines.append(f"  {m:<9} {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
     missing = report["missing_predictions"]
     if missing:
-        print(f"  missing predictions scored as empty: {missing} ({', '.join(report['missing'])})")
+        lines.append(
+            f"  missing predictions scored as empty: {missing} ({', '.join(report['missing'])})"
+        )
+    return "\n".join(lines)
 
 
-def evaluate(
+def score_folders(
     pred: str,
     gt: str,
     output: str,
@@ -119,5 +124,4 @@ def _write(
     except OSError as e:
         msg = f"cannot write into {output} ({e}); pass a writable --output folder"
         raise DataError(msg) from e
-    _print_summary(report, metrics, output)
     return report

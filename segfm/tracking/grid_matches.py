@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from segfm.evaluation.tracking import MatchSpace, match_nodes
+from segfm.tracking.matching import MatchSpace, match_nodes
 
 
 @dataclass(frozen=True)
