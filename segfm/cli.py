@@ -54,7 +54,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "verify-data": Subcommand(
         "Check a dataset before training: every problem with its file and fix.",
-        "segfm.verify:verify_data_command",
+        "segfm.commands.verify_data:verify_data_command",
     ),
     "track": Subcommand(
         "Track DeepLesion lesions with saved embeddings and report CPM and MED (DLT pairs).",

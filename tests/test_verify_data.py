@@ -9,6 +9,7 @@ import pytest
 
 import segfm.data
 from segfm.cli import main
+from segfm.commands.verify_data import verify_data_command
 from segfm.data import (
     _MODULES,
     BaseDataModule,
@@ -21,7 +22,6 @@ from segfm.data import (
 from segfm.data.io.checks import Problem, Report
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.errors import ConfigError, DataError
-from segfm.verify import verify_data_command
 
 ROOT = Path(__file__).resolve().parents[1]
 

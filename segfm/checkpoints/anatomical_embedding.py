@@ -23,8 +23,16 @@ from segfm.checkpoints.io import load_file, save_file
 from segfm.checkpoints.sam import plain_tensor
 from segfm.checkpoints.state_dicts import find_tensors, load_strict, prefix_before
 from segfm.errors import CheckpointError
+from segfm.models.anatomical_embedding.build import build_embedding_model
 
-__all__ = ["PARTS", "load_into", "load_official", "save_official", "unwrap_state_dict"]
+__all__ = [
+    "PARTS",
+    "load_embedding_model",
+    "load_into",
+    "load_official",
+    "save_official",
+    "unwrap_state_dict",
+]
 
 #: top-level sub-networks of the released files
 PARTS = ("backbone.", "neck.", "read_out_head.", "semantic_head.")
@@ -131,3 +139,20 @@ def load_into(
         "choose the arch of the file (sam for SAM.pth, sam_pp / cross_sam for the files with "
         "semantic_head.*)",
     )
+
+
+def load_embedding_model(checkpoint: str | os.PathLike[str] | None, arch: str = "sam") -> nn.Module:
+    """Build a network and load a checkpoint into it (strict), in eval mode.
+
+    Args:
+        checkpoint: Released mmcv file, segfm export or Lightning checkpoint; None keeps the
+            random initialisation.
+        arch: ``sam``, ``sam_pp``, ``cross_sam``, ``tiny`` or ``tiny_pp``; must match the file.
+
+    Returns:
+        The network on the CPU.
+    """
+    model = build_embedding_model(arch)
+    if checkpoint is not None:
+        load_into(model, checkpoint)
+    return model.eval()

@@ -12,35 +12,46 @@ from torch import Tensor
 
 from segfm.errors import CheckpointError
 
+#: the network's keys in every method's state dict (each method names its network ``model``)
+PREFIX = "model."
+
 
 @dataclass(frozen=True)
 class OfficialFormat:
     """How one model family's released checkpoint is written.
 
     Args:
-        name: Format name used by ``segfm export --format``.
+        name: Format name used by ``segfm export --format``: the name of the converter module
+            ``segfm/checkpoints/<name>.py``.
         module: Module holding ``save_official(state_dict, path)``.
         prefix: Prefix of the network's keys in the Lightning module's state dict.
     """
 
     name: str
     module: str
-    prefix: str = "model."
+    prefix: str = PREFIX
 
     def saver(self) -> Callable[[Any, str | Path], Any]:
         """The format's ``save_official`` function."""
         return importlib.import_module(self.module).save_official
 
 
-FORMATS: dict[str, OfficialFormat] = {
-    "sam": OfficialFormat("sam", "segfm.checkpoints.sam"),
-    "sam_med3d": OfficialFormat("sam_med3d", "segfm.checkpoints.sam_med3d"),
-    "segvol": OfficialFormat("segvol", "segfm.checkpoints.segvol"),
-    "biomedparse": OfficialFormat("biomedparse", "segfm.checkpoints.biomedparse"),
-    "anatomical_embedding": OfficialFormat(
-        "anatomical_embedding", "segfm.checkpoints.anatomical_embedding"
-    ),
-}
+def _discover() -> dict[str, OfficialFormat]:
+    """Every module of this package that has ``load_official`` and ``save_official``.
+
+    Read as text, not imported: a new family's converter file is a format with no registry to
+    edit, and listing the formats costs no import.
+    """
+    found = {}
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        text = path.read_text()
+        if "\ndef load_official(" in text and "\ndef save_official(" in text:
+            found[path.stem] = OfficialFormat(path.stem, f"{__package__}.{path.stem}")
+    return found
+
+
+#: format name -> format, one per converter module
+FORMATS: dict[str, OfficialFormat] = _discover()
 
 
 def get_format(name: str) -> OfficialFormat:

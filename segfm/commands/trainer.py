@@ -23,7 +23,8 @@ from segfm.commands.run_folder import new_folders, remove_unused
 from segfm.commands.usage import registered_classes, usage_error
 from segfm.data.base import BaseDataModule
 from segfm.errors import CheckpointError, ConfigError
-from segfm.methods.base import BaseTask, run_dir
+from segfm.methods.base import BaseTask
+from segfm.utils.run_dir import run_dir
 
 #: exceptions of a class's ``__init__`` (or the Trainer's) that mean a wrong value in the config
 BUILD_ERRORS = (ValueError, TypeError, MisconfigurationException)

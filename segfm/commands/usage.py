@@ -25,7 +25,7 @@ _TRAINER_STAGE = re.compile(r"^(fit|validate|test|predict)\.")  # "fit.model" is
 _NO_CLASS = ("has no attribute", "No module named", "dot import path", "not accessible or invalid")
 #: registries of the class-typed options: option -> (package, registry attribute, base class)
 _REGISTRIES = {
-    "model": ("segfm.methods", "__all__", "BaseTask"),
+    "model": ("segfm.methods", "_MODULES", "BaseTask"),
     "data": ("segfm.data", "_MODULES", "BaseDataModule"),
 }
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance, compute_surface_dice
 
 #: the interactive track computes NSD only when the case-mean DSC exceeds this
 INTERACTIVE_NSD_MIN_DICE = 0.2
@@ -86,6 +85,8 @@ def surface_dice(
     with warnings.catch_warnings(), torch.autocast(p.device.type, enabled=False):
         # MONAI passes one of its own deprecated arguments internally (monai 1.5-1.6)
         warnings.simplefilter("ignore", FutureWarning)
+        from monai.metrics import compute_surface_dice  # monai takes a second to import
+
         value = compute_surface_dice(
             onehot_p,
             onehot_g,
@@ -122,6 +123,8 @@ def hd95(
         return math.inf
     with warnings.catch_warnings(), torch.autocast(p.device.type, enabled=False):
         warnings.simplefilter("ignore", FutureWarning)  # MONAI's own deprecated argument
+        from monai.metrics import compute_hausdorff_distance
+
         value = compute_hausdorff_distance(
             p[None, None].float(),
             g[None, None].float(),

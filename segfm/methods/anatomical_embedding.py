@@ -10,16 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from segfm.data.io.embeddings_h5 import write_embeddings
+from segfm.inference.embedding import INPUT_MULTIPLE, embed_volume
 from segfm.losses import CoarseInfoNCELoss, FineInfoNCELoss, SupConMeanLoss
 from segfm.methods.base import BaseTask
-from segfm.models.anatomical_embedding import (
-    COARSE_STRIDE,
-    FINE_STRIDE,
-    INPUT_MULTIPLE,
-    build_embedding_model,
-    embed_volume,
-)
+from segfm.models.anatomical_embedding import COARSE_STRIDE, FINE_STRIDE, build_embedding_model
 from segfm.sample import Batch
+from segfm.utils import schedules
 
 Stage = Literal["sam", "sam_pp", "cross_sam_intra", "cross_sam_inter"]
 _DEFAULT_ARCH = {
@@ -242,16 +238,8 @@ class AnatomicalEmbedding(BaseTask):
         optimizer = torch.optim.SGD(
             params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
-        warm, ratio = self.warmup.iters, self.warmup.ratio
-
-        def factor(step: int) -> float:
-            return 1.0 if step >= warm else 1 - (1 - step / warm) * (1 - ratio)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        entry = schedules.linear_warmup(optimizer, self.warmup.iters, self.warmup.ratio)
+        return {"optimizer": optimizer, "lr_scheduler": entry}
 
     # ----------------------------------------------------------------- training
     def _embed_pairs(self, batch: Batch) -> tuple[dict[str, Tensor], Tensor, Tensor]:

@@ -10,7 +10,6 @@ from typing import Any, ClassVar, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torchmetrics import MetricCollection
@@ -22,22 +21,8 @@ from segfm.evaluation.interactive import ClassPrompt
 from segfm.evaluation.options import Evaluation, Protocol
 from segfm.evaluation.predict import ClicksFile, PredictionWriter, protocol_prediction
 from segfm.sample import Batch, CaseMeta
-
-
-def run_dir(trainer: pl.Trainer) -> Path:
-    """The folder of this run's files (every rank calls it: it broadcasts).
-
-    The logger's ``log_dir`` for CSV and TensorBoard; for loggers without one (W&B), the folder
-    Lightning puts the checkpoints under, ``<save_dir>/<name>/<version>``, rather than the
-    ``save_dir`` that every run of that logger shares.
-    """
-    log_dir = trainer.log_dir
-    logger = trainer.loggers[0] if trainer.loggers else None
-    if logger is None or isinstance(logger, CSVLogger | TensorBoardLogger) or not log_dir:
-        return Path(log_dir or "outputs")
-    version = logger.version
-    version = version if isinstance(version, str) else f"version_{version}"
-    return Path(trainer.strategy.broadcast(str(Path(log_dir) / str(logger.name) / version)))
+from segfm.utils import schedules
+from segfm.utils.run_dir import run_dir
 
 
 class BaseTask(pl.LightningModule, ABC):
@@ -158,22 +143,12 @@ class BaseTask(pl.LightningModule, ABC):
         )
         schedule = self.hparams.get("lr_schedule", "constant")
         if schedule == "cosine":
-            steps = max(1, int(self.trainer.estimated_stepping_batches))
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-            }
+            steps = int(self.trainer.estimated_stepping_batches)
+            return {"optimizer": optimizer, "lr_scheduler": schedules.cosine(optimizer, steps)}
         if schedule == "multistep":
-            scheduler = torch.optim.lr_scheduler.MultiStepLR(
-                optimizer,
-                milestones=list(self.hparams["lr_milestones"]),
-                gamma=self.hparams["lr_gamma"],
-            )
-            return {
-                "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-            }
+            milestones, gamma = self.hparams["lr_milestones"], self.hparams["lr_gamma"]
+            entry = schedules.multistep(optimizer, milestones, gamma)
+            return {"optimizer": optimizer, "lr_scheduler": entry}
         return optimizer
 
     def configure_callbacks(self) -> list[Callback]:

@@ -6,7 +6,6 @@ Test and predict (zoom-out-zoom-in, protocol segmenters) live in
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -22,6 +21,7 @@ from segfm.models.segvol import build_segvol
 from segfm.prompts import mask_box, sample_points
 from segfm.sample import Batch
 from segfm.transforms.intensity import UnitRange
+from segfm.utils import schedules
 
 #: SegVol's six supervised prompt combinations, in its order
 COMBOS = ("point+text", "box+text", "text", "box", "point", "box+point")
@@ -88,13 +88,13 @@ class SegVol(SegVolInference):
     the text encoder stays frozen (SegVol's ``dim_align`` never trained, see
     :class:`~segfm.models.segvol.TextEncoder`); the warm-up schedule starts above 0.
 
-    Test / predict (:class:`~segfm.methods.segvol_inference.SegVolInference`): zoom-out-zoom-in
-    (:func:`~segfm.inference.zoom.zoom_out_zoom_in`) of each class present in the label,
-    prompted as ``prompt`` says (boxes and points from the label); without a label, the data
-    module's class names as text. Per-class DSC (SegVol's ``2TP / (|P| + |G| + 1)`` and the
-    standard one) and NSD go to ``test_classes.csv``, label maps (most probable class above
-    ``threshold``) to NIfTI with the source affine. ``protocol: text | interactive`` runs the
-    CVPR 2025 protocols of the evaluation harness instead (the box as a 3D box, clicks as points).
+    Test (:class:`~segfm.methods.segvol_inference.SegVolInference`): the evaluation harness's
+    protocols, by default ``text`` (zoom-out-zoom-in,
+    :func:`~segfm.inference.zoom.zoom_out_zoom_in`, of each labelled class prompted by its
+    name); ``protocol: interactive`` gives the box as a 3D box and clicks as points. Predict:
+    each class present in the label, prompted as ``prompt`` says (boxes and points from the
+    label); without a label, the data module's class names as text; label maps (most probable
+    class above ``threshold``) go to NIfTI with the source affine.
 
     Intensities: the network was trained on volumes min-max scaled to [0, 1] after SegVol's
     foreground clip and z-score. ``normalize: foreground`` (the default) does that on the device
@@ -223,19 +223,9 @@ class SegVol(SegVolInference):
         if self.lr_schedule != "warmup_cosine":
             return super().configure_optimizers()
         optimizer = super().configure_optimizers()  # the base's AdamW, without a schedule
-        warmup = self.warmup_epochs
-        total = max(int(self.trainer.max_epochs or 0), warmup + 1)
-
-        def factor(epoch: int) -> float:
-            if epoch < warmup:  # SegVol's schedule starts at 0: its first epoch was lost
-                return (epoch + 1) / (warmup + 1)
-            return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, total - warmup)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
-        }
+        epochs = int(self.trainer.max_epochs or 0)
+        entry = schedules.warmup_cosine(optimizer, self.warmup_epochs, epochs)
+        return {"optimizer": optimizer, "lr_scheduler": entry}
 
     def _to_window(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
         """Image, label and pseudo label resized to ``roi_size`` if they are not already."""

@@ -71,7 +71,8 @@ def load_embedder(ckpt: str | None, arch: str, device: str) -> Embed:
     """
     import torch
 
-    from segfm.models.anatomical_embedding.inference import embed_volume, load_embedding_model
+    from segfm.checkpoints.anatomical_embedding import load_embedding_model
+    from segfm.inference.embedding import embed_volume
 
     model = load_embedding_model(ckpt, arch=arch).to(torch.device(device))
 

@@ -13,7 +13,7 @@ from segfm.cli import SUBCOMMANDS, main, overview
 
 ROOT = Path(__file__).resolve().parents[2]
 OWN = [name for name, sub in SUBCOMMANDS.items() if sub.target is not None]
-#: segfm.verify (the data helper's) still imports the data modules at the top
+#: verify-data's --data is typed as a data module, so its help imports Lightning
 LIGHT = [name for name in OWN if name != "verify-data"]
 
 

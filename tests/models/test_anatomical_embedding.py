@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from segfm.checkpoints.anatomical_embedding import load_into, load_official, save_official
-from segfm.errors import CheckpointError
-from segfm.models.anatomical_embedding import (
-    embed_volume,
+from segfm.checkpoints.anatomical_embedding import (
     load_embedding_model,
-    sam_embedding,
-    tiny_embedding,
+    load_into,
+    load_official,
+    save_official,
 )
+from segfm.errors import CheckpointError
+from segfm.inference.embedding import embed_volume
+from segfm.models.anatomical_embedding import sam_embedding, tiny_embedding
 
 KEYS = Path(__file__).resolve().parents[1] / "data" / "embedding" / "official_keys.txt"
 

@@ -7,11 +7,6 @@ from segfm.models.anatomical_embedding.build import (
     tiny_embedding,
 )
 from segfm.models.anatomical_embedding.fpn3d import FPN3d
-from segfm.models.anatomical_embedding.inference import (
-    INPUT_MULTIPLE,
-    embed_volume,
-    load_embedding_model,
-)
 from segfm.models.anatomical_embedding.network import (
     COARSE_STRIDE,
     FINE_STRIDE,
@@ -23,13 +18,10 @@ __all__ = [
     "BUILDERS",
     "COARSE_STRIDE",
     "FINE_STRIDE",
-    "INPUT_MULTIPLE",
     "AnatomicalEmbeddingNet",
     "FPN3d",
     "ResNet3d",
     "build_embedding_model",
-    "embed_volume",
-    "load_embedding_model",
     "sam_embedding",
     "tiny_embedding",
 ]

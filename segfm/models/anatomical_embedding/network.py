@@ -59,7 +59,7 @@ class AnatomicalEmbeddingNet(nn.Module):
 
         Args:
             x: Images ``[B, 1, D, H, W]``; ``D`` a multiple of 4 and ``H``, ``W`` of 16 give
-                exact strides (:func:`~segfm.models.anatomical_embedding.inference.embed_volume`
+                exact strides (:func:`~segfm.inference.embedding.embed_volume`
                 pads to them).
 
         Returns:

@@ -1,39 +1,17 @@
-"""Whole-volume inference: load a network, embed a volume of any shape."""
+"""Whole-volume embedding: an anatomical-embedding network over a volume of any shape."""
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segfm.models.anatomical_embedding.build import build_embedding_model
 from segfm.models.anatomical_embedding.network import COARSE_STRIDE, FINE_STRIDE
 
 #: the network's input must be a multiple of this ``(z, y, x)`` for exact strides
 INPUT_MULTIPLE = (4, 16, 16)
-
-
-def load_embedding_model(checkpoint: str | os.PathLike[str] | None, arch: str = "sam") -> nn.Module:
-    """Build a network and load a checkpoint into it (strict), in eval mode.
-
-    Args:
-        checkpoint: Released mmcv file, segfm export or Lightning checkpoint; None keeps the
-            random initialisation.
-        arch: ``sam``, ``sam_pp``, ``cross_sam``, ``tiny`` or ``tiny_pp``; must match the file.
-
-    Returns:
-        The network on the CPU.
-    """
-    # lazy: segfm.checkpoints sits above segfm.models in the layering
-    from segfm.checkpoints.anatomical_embedding import load_into
-
-    model = build_embedding_model(arch)
-    if checkpoint is not None:
-        load_into(model, checkpoint)
-    return model.eval()
 
 
 def _out_shape(shape: tuple[int, ...], stride: tuple[int, int, int]) -> tuple[int, ...]:
@@ -53,7 +31,9 @@ def embed_volume(
     of stride ``s`` covers input voxels ``s*i ... s*i + s - 1``.
 
     Args:
-        model: The network (see :func:`load_embedding_model`); evaluated in eval mode.
+        model: The network (see
+            :func:`segfm.checkpoints.anatomical_embedding.load_embedding_model`); evaluated in
+            eval mode.
         volume: Intensities ``[D, H, W]``, normalised as in training.
         pad_value: Value of the padding.
 
