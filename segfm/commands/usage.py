@@ -21,6 +21,7 @@ _REQUIRED = re.compile(r"the following arguments are required: (.+)")
 _UNRECOGNIZED = re.compile(r"Unrecognized arguments: (.+)", re.IGNORECASE)
 _EXPECTED = re.compile(r"Expected an? (.+?)(?:\. Got value: (.*))?$")
 _GIVEN = re.compile(r"^\s*Given value: (.*)$", re.MULTILINE)
+_NESTED = re.compile(r"NestedArg\(key='([^']+)'")
 _TRAINER_STAGE = re.compile(r"^(fit|validate|test|predict)\.")  # "fit.model" is --model
 _NO_CLASS = ("has no attribute", "No module named", "dot import path", "not accessible or invalid")
 #: registries of the class-typed options: option -> (package, registry attribute, base class)
@@ -123,16 +124,23 @@ def _expected(message: str) -> str | None:
 def _class_problem(key: str, class_path: str, message: str) -> str | None:
     """One line for a class's refused init argument, or None if not that kind of error."""
     option = f"--{key}.init_args"
+    # an option of a group (a dataclass init argument): jsonargparse names the innermost key;
+    # the outermost "Given value: NestedArg(key=...)" holds its whole path below init_args
+    nested = _NESTED.findall(message)
+    path = nested[-1] if nested else ""
     not_accepted = _NOT_ACCEPTED.search(message)
     if not_accepted:
         name = not_accepted.group(1)
-        near = _nearest(name, _init_options(class_path))
+        full = path if path.endswith(f".{name}") else name
+        group = full[: -len(name)]
+        owner = _CLASS.findall(message)[-1] if group else class_path
+        near = _nearest(name, _init_options(owner))
         fix = (
-            f"; did you mean {option}.{near}?"
+            f"; did you mean {option}.{group}{near}?"
             if near
             else f" (--{key}.help {class_path} lists them)"
         )
-        return f"{option}.{name} is not an option of {class_path}{fix}"
+        return f"{option}.{full} is not an option of {class_path}{fix}"
     required = _REQUIRED.search(message)
     if required:
         names = [n.strip() for n in required.group(1).split(",")]
@@ -141,7 +149,8 @@ def _class_problem(key: str, class_path: str, message: str) -> str | None:
     keys = _KEY.findall(message)
     expected = _expected(message)
     if keys and expected:
-        return f"{option}.{keys[-1]}: {expected}"
+        name = path if path.endswith(f".{keys[-1]}") else keys[-1]
+        return f"{option}.{name}: {expected}"
     return None
 
 

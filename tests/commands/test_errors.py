@@ -25,9 +25,14 @@ USAGE = {
     ),
     "unknown-option": (["--ckpt_pth", "x"], "unknown option --ckpt_pth; did you mean --ckpt_path?"),
     "unknown-model-option": (
-        ["--model.init_args.box_shfit", "3"],
-        "--model.init_args.box_shfit is not an option of segfm.methods.MedSAM; "
-        "did you mean --model.init_args.box_shift?",
+        ["--model.init_args.lr_schedul", "cosine"],
+        "--model.init_args.lr_schedul is not an option of segfm.methods.MedSAM; "
+        "did you mean --model.init_args.lr_schedule?",
+    ),
+    "unknown-option-in-a-group": (
+        ["--model.init_args.train_prompts.box_shfit", "3"],
+        "--model.init_args.train_prompts.box_shfit is not an option of segfm.methods.MedSAM; "
+        "did you mean --model.init_args.train_prompts.box_shift?",
     ),
     "unknown-data-option": (
         ["--data.init_args.batchsize", "3"],
@@ -39,8 +44,12 @@ USAGE = {
         "--trainer.max_epochs: expected int (or null), got 'many'",
     ),
     "wrong-model-type": (
-        ["--model.init_args.box_shift", "far"],
-        "--model.init_args.box_shift: expected int (or null), got 'far'",
+        ["--model.init_args.lr", "fast"],
+        "--model.init_args.lr: expected float (or null), got 'fast'",
+    ),
+    "wrong-type-in-a-group": (
+        ["--model.init_args.train_prompts.box_shift", "far"],
+        "--model.init_args.train_prompts.box_shift: expected int (or null), got 'far'",
     ),
     "unknown-class-path": (
         ["--data", "segfm.data.NpzDataModul"],
