@@ -110,7 +110,7 @@ def worker(impl: str, size: str, mode: str, weights: str, out: str, quick: bool)
     model = build(impl, size)
     _load(model, weights)
     x = inputs(size)
-    loss_of = BiomedParse(arch="tiny", save_predictions=False, export_official=False).loss_terms
+    loss_of = BiomedParse(arch="tiny", export_official=False).loss_terms
     train = mode == "forward+backward"
     model.train(train)
 

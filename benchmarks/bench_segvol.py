@@ -52,6 +52,7 @@ def build(size: str, clip_dir: str, scheme: str = "segfm") -> Any:
 
     The ``original`` scheme's ViT attends as SegVol's (MONAI's einsum attention, no SDPA).
     """
+    from segfm.evaluation.options import Evaluation
     from segfm.methods.segvol import SegVol
 
     if size == "tiny":
@@ -64,7 +65,7 @@ def build(size: str, clip_dir: str, scheme: str = "segfm") -> Any:
         roi_size=spec["roi"],
         lr_schedule="constant",
         normalize="none",
-        save_predictions=False,
+        evaluation=Evaluation(save_predictions=False),
     )
     method.log = lambda *a, **k: None  # type: ignore[method-assign]
     for block in method.model.image_encoder.blocks:
@@ -144,7 +145,7 @@ def infer_worker(
     scheme: str, size: str, weights: str, clip: str, categories: int, overlap: float, quick: bool
 ):
     """Zoom-out-zoom-in of every category by text (``original``: one run per category)."""
-    from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
+    from segfm.inference.zoom import ClassPrompts, ZoomOptions, zoom_out_zoom_in
 
     torch.manual_seed(0)
     method = build(size, clip, scheme)
@@ -169,7 +170,7 @@ def infer_worker(
         prompts = [ClassPrompts(text[k]) for k in range(categories)]
         groups = [prompts] if scheme == "segfm" else [[p] for p in prompts]
         for group in groups:
-            zoom_out_zoom_in(model, image, group, overlap=overlap)
+            zoom_out_zoom_in(model, image, group, ZoomOptions(overlap=overlap))
 
     warmup, repeats = (0, 1) if size == "full" else (1, 1) if quick else (1, 2)
     result = time_calls(run, warmup, repeats)

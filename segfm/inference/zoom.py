@@ -112,14 +112,40 @@ def _roi(foreground: Tensor, window: Sequence[int]) -> tuple[list[int], list[int
 
 
 @torch.no_grad()
+@dataclass(frozen=True)
+class ZoomOptions:
+    """How zoom-out-zoom-in runs (SegVol's inference settings).
+
+    Attributes:
+        zoom_in: Run the zoom-in pass after the global one (False: the global pass only).
+        overlap: Overlap of the zoom-in sliding windows, in [0, 1).
+        threshold: Probability of foreground, in (0, 1).
+        sw_batch_size: Windows encoded together.
+    """
+
+    zoom_in: bool = True
+    overlap: float = 0.5
+    threshold: float = 0.5
+    sw_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        """Check the values."""
+        checks = {
+            "overlap": 0 <= self.overlap < 1,
+            "threshold": 0 < self.threshold < 1,
+            "sw_batch_size": self.sw_batch_size >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                msg = f"invalid inference.{name}: {getattr(self, name)!r} (see ZoomOptions)"
+                raise ValueError(msg)
+
+
 def zoom_out_zoom_in(
     model: SegVol,
     image: Tensor,
     prompts: list[ClassPrompts],
-    overlap: float = 0.5,
-    zoom_in: bool = True,
-    threshold: float = 0.5,
-    sw_batch_size: int = 1,
+    options: ZoomOptions | None = None,
 ) -> Tensor:
     """Segment the prompted classes of one volume.
 
@@ -127,14 +153,14 @@ def zoom_out_zoom_in(
         model: The network (in evaluation mode).
         image: Intensities ``[1, D, H, W]`` of any size.
         prompts: One entry per class, each with at least one prompt.
-        overlap: Overlap of the sliding windows.
-        zoom_in: Run the zoom-in pass (False: the global pass only).
-        threshold: Probability of foreground.
-        sw_batch_size: Windows encoded together.
+        options: Zoom-in pass, window overlap, threshold and window batch (defaults: SegVol's).
 
     Returns:
         Logits ``[K, D, H, W]``, one channel per entry of ``prompts``.
     """
+    options = options or ZoomOptions()
+    overlap, zoom_in = options.overlap, options.zoom_in
+    threshold, sw_batch_size = options.threshold, options.sw_batch_size
     if not prompts:
         return image.new_zeros((0, *image.shape[1:]))
     shape, window = tuple(image.shape[1:]), model.roi_size

@@ -116,7 +116,6 @@ class BiomedParse(BaseTask):
         loss: Training prompts per slice and loss weights.
         slices: Slice batching and post-processing at inference.
         sampling_seed: Seed of the Boltzmann sampling at validation and inference.
-        save_predictions: Write predictions during test / predict.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_schedule: ``constant`` (the original), ``cosine`` or ``multistep``.
@@ -124,6 +123,7 @@ class BiomedParse(BaseTask):
         export_official: Write ``biomedparse_v2.ckpt``-layout files beside checkpoints.
         protocol: ``text`` (default: the CVPR 2025 text protocol) or ``native``/``interactive``
             (not supported by this method).
+        evaluation: NSD tolerance, predictions and overlays written in test / predict.
     """
 
     official_format = "biomedparse"
@@ -138,13 +138,13 @@ class BiomedParse(BaseTask):
         loss: BiomedParseLoss = DEFAULT_LOSS,
         slices: SliceOptions = DEFAULT_SLICES,
         sampling_seed: int = 0,
-        save_predictions: bool = True,
         lr: float = 1e-5,
         weight_decay: float = 0.01,
         lr_schedule: Literal["constant", "cosine", "multistep"] = "constant",
         output_dir: str | None = None,
         export_official: bool = True,
         protocol: Literal["native", "interactive", "text"] = "text",
+        evaluation: Evaluation | None = None,
     ) -> None:
         if image_size <= 0 or image_size % 32 or image_scale <= 0:
             msg = (
@@ -161,7 +161,7 @@ class BiomedParse(BaseTask):
             image_scale,
             sampling_seed,
         )
-        self.loss_options, self.slices, self.save_predictions = loss, slices, save_predictions
+        self.loss_options, self.slices = loss, slices
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -169,7 +169,7 @@ class BiomedParse(BaseTask):
             output_dir=output_dir,
             export_official=export_official,
             protocol=protocol,
-            evaluation=Evaluation(save_predictions=save_predictions),
+            evaluation=evaluation,
         )
         # plain data in the checkpoint, which then loads with torch.load(weights_only=True)
         self.hparams.update(loss=asdict(loss), slices=asdict(slices))
@@ -309,7 +309,7 @@ class BiomedParse(BaseTask):
                 for c, info in classes.items()
             }
             seg = self.segment_volume(batch["image"][i, 0], prompts, bool(meta.get("instance")))
-            if self.save_predictions:
+            if self.evaluation.save_predictions:
                 spacing = [float(s) for s in batch["spacing"][i]]
                 write_prediction(
                     self.output_dir / "predictions",

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from segfm.checkpoints.segvol import load_into, load_official
 from segfm.evaluation.options import Evaluation
+from segfm.inference.zoom import ZoomOptions
 from segfm.methods.segvol_inference import SegVolInference
 from segfm.methods.segvol_inference import prompt_kinds as _kinds
 from segfm.models.segvol import build_segvol
@@ -112,15 +113,9 @@ class SegVol(SegVolInference):
         normalize: ``foreground`` clips each volume to its foreground's 0.05 / 99.95
             percentiles and scales it to [0, 1] (SegVol's preprocessing of raw intensities),
             ``minmax`` only scales, ``none`` keeps the data module's [0, 1] volumes.
-        prompt: Inference prompts, from :data:`PROMPTS`.
-        zoom_in: Run the zoom-in pass after the global one.
-        overlap: Overlap of the zoom-in windows.
-        threshold: Foreground probability.
-        sw_batch_size: Windows encoded together.
-        click_seed: Seed of the inference point sampling.
-        nsd_tolerance: NSD tolerance in mm.
-        save_predictions: Write NIfTI label maps in test / predict.
-        num_overlays: Cases with an overlay PNG in test / predict.
+        prompt: Prompts of ``predict``, from :data:`PROMPTS` (``test`` runs a protocol).
+        inference: Zoom-out-zoom-in settings: zoom-in pass, window overlap, foreground
+            threshold, windows encoded together.
         warmup_epochs: Linear warm-up epochs of ``lr_schedule: warmup_cosine``.
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
@@ -130,8 +125,9 @@ class SegVol(SegVolInference):
         lr_gamma: Factor of each drop.
         output_dir: Folder for test / predict outputs.
         export_official: Write a ``SegVol_v1.pth``-layout file beside every checkpoint.
-        protocol: ``native`` (zoom-out-zoom-in), ``text`` or ``interactive`` (CVPR 2025).
-        protocol_clicks: Click steps of the interactive protocol.
+        protocol: ``native`` (the text protocol), ``text`` or ``interactive`` (CVPR 2025).
+        evaluation: Clicks of the interactive protocol, the seed of the predict points, NSD
+            tolerance, predictions and overlays written.
     """
 
     monitor = "val_loss"
@@ -148,14 +144,7 @@ class SegVol(SegVolInference):
         loss: SegVolLoss = DEFAULT_LOSS,
         normalize: UnitRange = "foreground",
         prompt: str = "text",
-        zoom_in: bool = True,
-        overlap: float = 0.5,
-        threshold: float = 0.5,
-        sw_batch_size: int = 1,
-        click_seed: int = 42,
-        nsd_tolerance: float = 2.0,
-        save_predictions: bool = True,
-        num_overlays: int = 4,
+        inference: ZoomOptions | None = None,
         warmup_epochs: int = 10,
         lr: float = 1e-4,
         weight_decay: float = 1e-5,
@@ -165,14 +154,11 @@ class SegVol(SegVolInference):
         output_dir: str | None = None,
         export_official: bool = True,
         protocol: Literal["native", "interactive", "text"] = "native",
-        protocol_clicks: int = 5,
+        evaluation: Evaluation | None = None,
     ) -> None:
         checks = {
             "prompt": (prompt, prompt in PROMPTS or "+".join(sorted(_kinds(prompt))) in PROMPTS),
             "normalize": (normalize, normalize in ("foreground", "minmax", "none")),
-            "overlap": (overlap, 0 <= overlap < 1),
-            "threshold": (threshold, 0 < threshold < 1),
-            "sw_batch_size": (sw_batch_size, sw_batch_size >= 1),
             "warmup_epochs": (warmup_epochs, warmup_epochs >= 0),
             "roi_size": (roi_size, len(roi_size) == 3 and min(roi_size) > 0),
         }
@@ -186,7 +172,8 @@ class SegVol(SegVolInference):
         self.roi_size = tuple(roi_size)
         self.patch_size = None if patch_size is None else tuple(patch_size)
         self.loss_options = loss
-        self.click_seed = click_seed
+        self.inference = inference or ZoomOptions()
+        self.prompt, self.normalize = prompt, normalize
         self.warmup_epochs = warmup_epochs
         self.lr_schedule = lr_schedule
         super().__init__(
@@ -198,12 +185,7 @@ class SegVol(SegVolInference):
             output_dir=output_dir,
             export_official=export_official,
             protocol=protocol,
-            evaluation=Evaluation(
-                clicks=protocol_clicks,
-                nsd_tolerance=nsd_tolerance,
-                save_predictions=save_predictions,
-                num_overlays=num_overlays,
-            ),
+            evaluation=evaluation,
         )
         self.hparams["lr_schedule"] = lr_schedule
         self.hparams["loss"] = asdict(loss)  # plain data: the checkpoint loads with weights_only
@@ -359,9 +341,8 @@ class SegVol(SegVolInference):
 
     def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor | None:
         generator = torch.Generator()
-        generator.manual_seed(
-            int(torch.randint(2**31, (1,))) if stage == "train" else self.click_seed + batch_idx
-        )
+        seed = self.evaluation.seed + batch_idx  # validation: the same points every epoch
+        generator.manual_seed(int(torch.randint(2**31, (1,))) if stage == "train" else seed)
         image, label, pseudo = self._to_window(batch)
         masks, rows, names = self._targets(label, batch.get("classes"), generator)
         use_ssl = (

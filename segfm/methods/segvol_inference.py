@@ -11,12 +11,12 @@ from torch import Tensor
 from segfm.errors import DataError
 from segfm.evaluation.interactive import ClassPrompt
 from segfm.evaluation.options import Protocol
-from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
+from segfm.inference.zoom import ClassPrompts, ZoomOptions, zoom_out_zoom_in
 from segfm.methods.base import BaseTask
 from segfm.models.segvol import SegVol as SegVolNet
 from segfm.prompts import mask_box, sample_points
 from segfm.sample import Batch, CaseMeta
-from segfm.transforms.intensity import unit_range
+from segfm.transforms.intensity import UnitRange, unit_range
 
 
 def prompt_kinds(prompt: str) -> set[str]:
@@ -50,12 +50,15 @@ class SegVolInference(BaseTask):
     """
 
     model: SegVolNet
+    inference: ZoomOptions
+    prompt: str
+    normalize: UnitRange
     native_protocol: ClassVar[Protocol] = Protocol("text")
 
     # --------------------------------------------------------------- inputs
     def _normalize(self, image: Tensor) -> Tensor:
         """Volumes ``[N, 1, *S]`` at SegVol's input scale (``normalize``)."""
-        mode = self.hparams["normalize"]
+        mode = self.normalize
         if mode == "none" and not getattr(self, "_range_warned", False):
             low, high = float(image.min()), float(image.max())
             if low < -0.5 or high > 1.5:
@@ -97,10 +100,10 @@ class SegVolInference(BaseTask):
         case_id: str,
     ) -> list[ClassPrompts]:
         """Per class: text, and the box and points of its label as ``prompt`` asks."""
-        kinds = prompt_kinds(self.hparams["prompt"])
+        kinds = prompt_kinds(self.prompt)
         if label is None and kinds != {"text"}:
             msg = (
-                f"case {case_id!r} has no label to take {self.hparams['prompt']} prompts from; "
+                f"case {case_id!r} has no label to take {self.prompt} prompts from; "
                 "use --model.init_args.prompt text for volumes without ground truth"
             )
             raise DataError(msg)
@@ -120,21 +123,13 @@ class SegVolInference(BaseTask):
     ) -> tuple[Tensor, Tensor]:
         """Zoom-out-zoom-in of ``image [D, H, W]``: probabilities ``[K, *S]`` and the label map."""
         image = self._normalize(image[None, None])[0]
-        logits = zoom_out_zoom_in(
-            self.model,
-            image,
-            prompts,
-            overlap=self.hparams["overlap"],
-            zoom_in=self.hparams["zoom_in"],
-            threshold=self.hparams["threshold"],
-            sw_batch_size=self.hparams["sw_batch_size"],
-        )
+        logits = zoom_out_zoom_in(self.model, image, prompts, self.inference)
         prob = torch.sigmoid(logits)
         seg = torch.zeros(image.shape[1:], dtype=torch.long, device=image.device)
         if ids:
             best, index = prob.max(0)
             lookup = torch.tensor(ids, device=image.device)
-            seg = torch.where(best > self.hparams["threshold"], lookup[index], seg)
+            seg = torch.where(best > self.inference.threshold, lookup[index], seg)
         return prob, seg
 
     @torch.no_grad()
@@ -204,7 +199,7 @@ class SegVolInference(BaseTask):
         )
         names = [self._name(classes, c) for c in ids]
         generator = torch.Generator()
-        generator.manual_seed(self.hparams["click_seed"])
+        generator.manual_seed(self.evaluation.seed)
         prompts = self._class_prompts(label, ids, names, generator, case_id)
         return self._segment(image, prompts, ids)[1]
 

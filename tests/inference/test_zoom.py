@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from data_tools.tiny_clip import write_tiny_clip
-from segfm.inference.zoom import ClassPrompts, zoom_out_zoom_in
+from segfm.inference.zoom import ClassPrompts, ZoomOptions, zoom_out_zoom_in
 from segfm.models.segvol import SegVol, segvol_tiny
 
 ROI = (16, 32, 32)
@@ -42,7 +42,7 @@ def test_zoom_in_covers_the_foreground_with_windows(model: SegVol) -> None:
     image = torch.rand(1, 48, 96, 96)
     text = model.embed_text(["liver"])[0]
     everywhere = _Constant(model, 5.0)
-    logits = zoom_out_zoom_in(everywhere, image, [ClassPrompts(text)], sw_batch_size=8)
+    logits = zoom_out_zoom_in(everywhere, image, [ClassPrompts(text)], ZoomOptions(sw_batch_size=8))
     assert logits.shape == (1, 48, 96, 96)
     # global pass + windows of 16x32x32 at half overlap over the whole volume: 5 x 5 x 5 = 125
     assert everywhere.encodes == 1 + math.ceil(125 / 8)
@@ -55,5 +55,5 @@ def test_zoom_in_covers_the_foreground_with_windows(model: SegVol) -> None:
 def test_zoom_in_box_mode_without_text_keeps_global_logits_where_no_box(model: SegVol) -> None:
     image = torch.rand(1, 24, 48, 48)
     box = torch.tensor([0.0, 0, 0, 23, 47, 47])
-    logits = zoom_out_zoom_in(model, image, [ClassPrompts(box=box)], zoom_in=True)
+    logits = zoom_out_zoom_in(model, image, [ClassPrompts(box=box)], ZoomOptions(zoom_in=True))
     assert logits.shape == (1, 24, 48, 48) and torch.isfinite(logits).all()

@@ -13,6 +13,7 @@ import torch
 from data_tools.tiny_clip import write_tiny_clip
 from segfm.errors import DataError
 from segfm.evaluation.interactive import ClassPrompt
+from segfm.inference.zoom import ZoomOptions
 from segfm.methods.segvol import SegVol, SegVolLoss, dice_bce
 from segfm.methods.segvol_inference import cvpr_box
 from segfm.sample import ClassInfo
@@ -191,9 +192,10 @@ def test_warmup_cosine_schedule(clip_dir: Path) -> None:
 
 
 def test_bad_options_are_refused(clip_dir: Path) -> None:
-    for bad in ({"prompt": "mask"}, {"overlap": 1.0}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            _method(clip_dir, **bad)
+    with pytest.raises(ValueError, match="prompt"):
+        _method(clip_dir, prompt="mask")
+    with pytest.raises(ValueError, match="overlap"):
+        ZoomOptions(overlap=1.0)
     for loss in ({"prompt_combos": ("text", "scribble")}, {"ssl_weight": -1.0}):
         with pytest.raises(ValueError, match=next(iter(loss))):
             SegVolLoss(**loss)
@@ -203,7 +205,7 @@ def test_segment_text_and_predict_without_label(clip_dir: Path) -> None:
     method = _method(clip_dir).eval()
     seg = method.segment_text(torch.rand(20, 40, 36), [1.0] * 3, {2: "liver", 5: "kidney"}, {})
     assert seg.shape == (20, 40, 36) and set(torch.unique(seg).tolist()) <= {0, 2, 5}
-    method.hparams["prompt"] = "box"
+    method.prompt = "box"
     with pytest.raises(DataError, match="no label"):
         method._class_prompts(None, [1], ["liver"], torch.Generator(), "case_x")
 
