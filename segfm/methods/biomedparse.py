@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from segfm.checkpoints.biomedparse import load_into
 from segfm.errors import ConfigError
-from segfm.evaluation.options import Evaluation
+from segfm.evaluation.options import Evaluation, Protocol
 from segfm.evaluation.writers import write_prediction
 from segfm.inference.volume25d import SliceOptions, segment_volume_25d
 from segfm.methods.base import BaseTask
@@ -127,6 +127,7 @@ class BiomedParse(BaseTask):
     """
 
     official_format = "biomedparse"
+    native_protocol: ClassVar[Protocol] = Protocol("text")
 
     def __init__(
         self,

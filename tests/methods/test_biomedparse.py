@@ -128,3 +128,8 @@ def test_bad_arguments() -> None:
         BiomedParse(arch="v2")
     with pytest.raises(ValueError, match="multiple of 32"):
         BiomedParse(arch="tiny", image_size=100)
+
+
+def test_native_protocol_is_the_text_protocol() -> None:
+    assert BiomedParse(arch="tiny", image_size=64, protocol="native").test_protocol.name == "text"
+    assert BiomedParse(arch="tiny", image_size=64).test_protocol.name == "text"
