@@ -14,6 +14,7 @@ function, :data:`Segmenter`; no protocol code lives inside the methods.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -185,8 +186,9 @@ def run_interactive(
     dsc = summarise_steps([s["dsc"] for s in steps], auc_steps=num_clicks or None)
     nsd = summarise_steps([s["nsd"] for s in steps], auc_steps=num_clicks or None)
     summary = {
-        "dsc_auc": dsc["auc"],
-        "nsd_auc": nsd["auc"],
+        # the AUC runs over the click steps: a box-only run (MedSAM's test) has none
+        "dsc_auc": dsc["auc"] if num_clicks else math.nan,
+        "nsd_auc": nsd["auc"] if num_clicks else math.nan,
         "dsc_final": dsc["final"],
         "nsd_final": nsd["final"],
         "seconds": float(sum(s["seconds"] for s in steps)),
