@@ -48,7 +48,16 @@ class SegfmSaveConfig(SaveConfigCallback):
         if trainer.is_global_zero:
             folder.mkdir(parents=True, exist_ok=True)
         self.config_filename = os.path.relpath(folder / name, trainer.log_dir)
-        super().setup(trainer, pl_module, stage)
+        try:
+            super().setup(trainer, pl_module, stage)
+        except RuntimeError as err:
+            if "to NOT exist" not in str(err):
+                raise
+            msg = (
+                f"{folder / name} exists: this run folder already holds a {stage} run; give "
+                "another --trainer.logger.init_args.version (or move that file away)"
+            )
+            raise ConfigError(msg) from err
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Send the resolved config to every W&B logger (rank zero)."""

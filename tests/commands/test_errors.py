@@ -152,3 +152,25 @@ def test_console_build_error_is_two_lines_and_status_2(npy_slices_root, tmp_path
     lines = proc.stderr.strip().splitlines()
     assert lines[-2].startswith("segfm: error: --data (NpySliceDataModule): batch_size")
     assert "--debug" in lines[-1]
+
+
+def test_a_second_test_into_the_same_run_folder_is_one_line(npy_slices_root, tmp_path, capsys):
+    args = [
+        "test",
+        "--config",
+        TINY,
+        "--data.init_args.root",
+        str(npy_slices_root),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.version",
+        "v",
+    ]
+    main(args)
+    with pytest.raises(ConfigError) as info:
+        main(args)
+    assert str(info.value).endswith(
+        "config_test.yaml exists: this run folder already holds a test run; give another "
+        "--trainer.logger.init_args.version (or move that file away)"
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-2].startswith("segfm: error: ")
