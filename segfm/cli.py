@@ -9,7 +9,9 @@ line and whose docstring is the help; the four Trainer subcommands run
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import os
 import shutil
 import sys
@@ -19,6 +21,7 @@ from importlib import import_module
 from typing import Any, NoReturn
 
 import segfm
+from segfm.commands.help_cache import cached_help, keep_help
 from segfm.commands.usage import UsageError, usage_error
 from segfm.errors import SegfmError
 
@@ -136,6 +139,29 @@ def _run_trainer(name: str, args: list[str] | None) -> Any:
     return run_trainer(name, descriptions, args)
 
 
+def _help(name: str, words: list[str], args: list[str] | None) -> NoReturn:
+    """``segfm NAME --help``: the kept text, or the parser's, rendered once and kept.
+
+    The Trainer subcommands' parsers import Lightning (seconds), and so does verify-data's.
+    """
+    text = cached_help(name)
+    if text is None:
+        buffer = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(buffer):
+                if SUBCOMMANDS[name].target is None:
+                    _run_trainer(name, args)
+                else:
+                    _run_own(name, words[1:])
+        except SystemExit as done:
+            if done.code not in (0, None):
+                raise
+        text = buffer.getvalue()
+        keep_help(name, text)
+    sys.stdout.write(text)
+    raise SystemExit(0)
+
+
 def _fail(lines: list[str], console: bool, err: BaseException) -> NoReturn:
     for line in lines:
         print(f"segfm: {line}", file=sys.stderr)
@@ -159,6 +185,8 @@ def _dispatch(words: list[str], args: list[str] | None) -> Any:
         fix = f"did you mean {near[0]}?" if near else f"choose one of {', '.join(SUBCOMMANDS)}"
         msg = f"unknown subcommand '{name}'; {fix}"
         raise UsageError(msg, "segfm --help")
+    if position == 0 and words[1:] in (["--help"], ["-h"]):
+        _help(name, words, args)
     if SUBCOMMANDS[name].target is not None:
         if position:
             msg = f"put the options after the subcommand: segfm {name} {' '.join(words[:position])}"

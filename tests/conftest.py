@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+
+@pytest.fixture(autouse=True)
+def _help_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test keeps rendered help texts in its own folder, never in the user's cache."""
+    monkeypatch.setenv("SEGFM_CACHE", str(tmp_path / "cache"))
+
+
 # --- data: npy slices (tests/data/npy_slices/data.py) ----------------------------------------
 
 

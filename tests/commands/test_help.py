@@ -111,3 +111,16 @@ def test_evaluation_never_imports_tracking():
                 assert not node.module.startswith("segfm.tracking"), path
             if isinstance(node, ast.Import):
                 assert not [a for a in node.names if a.name.startswith("segfm.tracking")], path
+
+
+@pytest.mark.parametrize("name", ["fit", "verify-data"])
+def test_help_that_needs_lightning_is_kept_after_its_first_rendering(name, tmp_path):
+    first = subprocess.run(
+        [sys.executable, "-m", "segfm", name, "--help"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "--data" in first.stdout
+    assert len(list((tmp_path / "cache" / "help").glob(f"{name}-*.txt"))) == 1
+    modules, again = _imported([name, "--help"])
+    assert again.returncode == 0 and again.stdout == first.stdout
+    assert not {m for m in modules if m.split(".")[0] in ("torch", "lightning")}
