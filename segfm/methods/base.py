@@ -152,10 +152,15 @@ class BaseTask(pl.LightningModule, ABC):
         return optimizer
 
     def configure_callbacks(self) -> list[Callback]:
-        """Random states in checkpoints (exact resume) and the official-format export."""
-        from segfm.callbacks import OfficialExport, RandomStateCheckpoint
+        """Random states, the official-format export and a line per epoch in logs.
 
-        callbacks: list[Callback] = [RandomStateCheckpoint()]
+        Random states in checkpoints give an exact resume; the official twin is written beside
+        every checkpoint; :class:`~segfm.callbacks.EpochLog` prints a line per epoch where no
+        progress bar is drawn.
+        """
+        from segfm.callbacks import EpochLog, OfficialExport, RandomStateCheckpoint
+
+        callbacks: list[Callback] = [RandomStateCheckpoint(), EpochLog()]
         if self.official_format is not None and self.hparams.get("export_official", True):
             callbacks.append(OfficialExport(self.official_format))
         return callbacks
