@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -89,6 +90,25 @@ class BaseDataModule(LightningDataModule):
             batch_size=batch_size,
             shuffle=split == "train",
             sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _ordered_loader(
+        self, dataset: Dataset[Sample], make_order: Callable[[int, int], Sampler[Any]]
+    ) -> DataLoader[Sample]:
+        """A resumable training loader whose order ``make_order(replicas, rank)`` draws.
+
+        For formats that order training samples themselves (batches from one dataset, a few
+        slices of one volume in a row); the order must be drawn from the seed and the epoch.
+        """
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return ResumableDataLoader(
+            dataset,
+            order=make_order(replicas, rank),
+            batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,
             persistent_workers=self.num_workers > 0,

@@ -17,11 +17,11 @@ from segfm.data.io.m3d_seg import (
     read_dataset,
 )
 from segfm.data.io.m3d_seg_checks import check_m3d_root
-from segfm.data.loaders import EpochShuffleSampler, ResumableDataLoader, global_seed
+from segfm.data.loaders import EpochShuffleSampler, global_seed
 from segfm.data.m3d_datasets import M3DSegDataset, training_transform
 from segfm.data.splits import split_cases
 from segfm.errors import ConfigError, DataError
-from segfm.sample import ClassInfo, Sample, collate
+from segfm.sample import ClassInfo, Sample
 
 
 class DatasetBatchSampler(EpochShuffleSampler):
@@ -232,18 +232,12 @@ class M3DSegDataModule(BaseDataModule):
         if not isinstance(dataset, M3DSegDataset):
             msg = "M3DSegDataModule has no 'train' data: run setup('fit') first (the Trainer does)"
             raise ConfigError(msg)
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        sampler = DatasetBatchSampler(
-            dataset, dataset.groups, self.batch_size, replicas, rank, seed=global_seed()
-        )
-        return ResumableDataLoader(
+        groups, size = dataset.groups, self.batch_size
+        return self._ordered_loader(
             dataset,
-            order=sampler,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
+            lambda replicas, rank: DatasetBatchSampler(
+                dataset, groups, size, replicas, rank, seed=global_seed()
+            ),
         )
 
     def check_files(self, report: Report, max_cases: int | None) -> None:

@@ -22,14 +22,14 @@ from segfm.data.io.npz_cvpr import (
     read_class_prompts,
 )
 from segfm.data.io.npz_cvpr_checks import check_npz_root
-from segfm.data.loaders import ResumableDataLoader, global_seed
+from segfm.data.loaders import global_seed
 from segfm.data.npz_datasets import Entries, NpzPatchDataset, NpzSliceDataset, NpzVolumeDataset
 from segfm.data.slice_augment import SliceAugment
 from segfm.data.slices25d_datasets import Slice25dDataset, SliceItem, pixel_spacing
 from segfm.data.splits import read_split_file, split_cases
 from segfm.data.volume_chunks import VolumeChunkSampler
 from segfm.errors import DataError
-from segfm.sample import Sample, collate
+from segfm.sample import Sample
 from segfm.transforms.encoding25d import multi_view_axes, plan, slice_axis
 
 _SPLITS_OF = {"fit": ("train", "val"), "validate": ("val",)}
@@ -277,18 +277,12 @@ class NpzDataModule(BaseDataModule):
         dataset = self.datasets.get("train")
         if self.volume_chunk == 1 or not isinstance(dataset, Slice25dDataset):
             return super().train_dataloader()
-        trainer = self.trainer
-        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        order = VolumeChunkSampler(
-            dataset, dataset.groups(), self.volume_chunk, global_seed(), replicas, rank
-        )
-        return ResumableDataLoader(
+        groups, chunk = dataset.groups(), self.volume_chunk
+        return self._ordered_loader(
             dataset,
-            order=order,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=collate,
-            persistent_workers=self.num_workers > 0,
+            lambda replicas, rank: VolumeChunkSampler(
+                dataset, groups, chunk, global_seed(), replicas, rank
+            ),
         )
 
     def check_files(self, report: Report, max_cases: int | None) -> None:
