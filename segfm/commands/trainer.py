@@ -15,7 +15,7 @@ from jsonargparse import ArgumentError, lazy_instance
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import segfm.accelerators  # noqa: F401  (registers accelerator npu, strategies single_npu / ddp_npu)
@@ -25,6 +25,7 @@ from segfm.data.base import BaseDataModule
 from segfm.errors import CheckpointError, ConfigError
 from segfm.methods.base import BaseTask
 from segfm.utils.run_dir import run_dir
+from segfm.utils.threads import THREADS_ENV, apply_thread_budget
 
 #: exceptions of a class's ``__init__`` (or the Trainer's) that mean a wrong value in the config
 BUILD_ERRORS = (ValueError, TypeError, MisconfigurationException)
@@ -204,7 +205,20 @@ class SegfmCLI(LightningCLI):
         if rank_zero_only.rank == 0:  # other ranks never create the run folder
             self.watched = [p for logger in self.trainer.loggers for p in new_folders(logger)]
 
+    def _set_threads(self) -> None:
+        """Intra-op threads so that compute and loader workers fit the cores (one log line)."""
+        workers = int(getattr(self.datamodule, "num_workers", 0) or 0)
+        on_cpu = type(self.trainer.accelerator).__name__ == "CPUAccelerator"
+        try:
+            threads, why = apply_thread_budget(workers, self.trainer.num_devices if on_cpu else 1)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        rank_zero_info(
+            f"segfm: {threads} compute thread(s) per process ({why}); ${THREADS_ENV} sets it"
+        )
+
     def _run_subcommand(self, subcommand: str) -> None:
+        self._set_threads()
         try:
             super()._run_subcommand(subcommand)
         except BaseException:

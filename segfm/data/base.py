@@ -16,7 +16,15 @@ from segfm.data.loaders import ResumableDataLoader
 from segfm.errors import ConfigError
 from segfm.sample import Sample, collate
 
-_STAGE_OF = {"train": "fit", "val": "validate", "test": "test", "predict": "predict"}
+_STAGE_OF = {
+    "train": "fit",
+    "val": "validate",
+    "val_volumes": "validate",
+    "test": "test",
+    "predict": "predict",
+}
+#: splits of whole volumes of different sizes: one sample per batch, each case once under DDP
+_VOLUME_SPLITS = ("val_volumes", "test", "predict")
 
 
 class BaseDataModule(LightningDataModule):
@@ -24,7 +32,10 @@ class BaseDataModule(LightningDataModule):
 
     A subclass fills ``self.datasets[split]`` (``train``, ``val``, ``test``, ``predict``) in
     ``setup(stage)``; this class turns them into loaders that yield batches of the Sample contract
-    (:func:`segfm.sample.collate`).
+    (:func:`segfm.sample.collate`). A format whose validation samples are crops or slices also
+    fills ``val_volumes``: the validation cases as whole volumes, as its test split yields them.
+    When the model scores its test protocol during ``fit`` (it sets
+    :attr:`protocol_validation`), :meth:`val_dataloader` returns both loaders.
 
     Args:
         root: Data folder.
@@ -35,6 +46,8 @@ class BaseDataModule(LightningDataModule):
 
     #: splits whose samples differ in size (whole volumes), loaded one sample per batch
     one_sample_splits: ClassVar[tuple[str, ...]] = ()
+    #: set by the model: validation also yields ``val_volumes`` (the protocol's cases)
+    protocol_validation: bool = False
 
     def __init__(self, root: str, batch_size: int = 8, num_workers: int = 2) -> None:
         super().__init__()
@@ -66,7 +79,7 @@ class BaseDataModule(LightningDataModule):
         sampler: Sampler[int] | None = None
         trainer = self.trainer
         world_size = 1 if trainer is None else trainer.world_size
-        if split in ("test", "predict") and trainer is not None and world_size > 1:
+        if split in _VOLUME_SPLITS and trainer is not None and world_size > 1:
             # every case once: Lightning's own test sampler pads the ranks with repeated cases
             sampler = UnrepeatedDistributedSampler(
                 self.datasets[split],  # type: ignore[arg-type]
@@ -74,7 +87,8 @@ class BaseDataModule(LightningDataModule):
                 rank=trainer.global_rank,
                 shuffle=False,
             )
-        batch_size = 1 if split in self.one_sample_splits else self.batch_size
+        one = split in self.one_sample_splits or split == "val_volumes"
+        batch_size = 1 if one else self.batch_size
         if split == "train":
             return ResumableDataLoader(
                 self.datasets[split],
@@ -118,9 +132,17 @@ class BaseDataModule(LightningDataModule):
         """Loader of the training split (shuffled)."""
         return self._dataloader("train")
 
-    def val_dataloader(self) -> DataLoader[Sample]:
-        """Loader of the validation split."""
-        return self._dataloader("val")
+    def val_dataloader(self) -> DataLoader[Sample] | list[DataLoader[Sample]]:
+        """Loader of the validation split; with :attr:`protocol_validation`, also its volumes.
+
+        Returns:
+            The ``val`` loader, or ``[val, val_volumes]`` when the model scores its protocol
+            during ``fit`` and the format has validation volumes.
+        """
+        loader = self._dataloader("val")
+        if self.protocol_validation and self.datasets.get("val_volumes") is not None:
+            return [loader, self._dataloader("val_volumes")]
+        return loader
 
     def test_dataloader(self) -> DataLoader[Sample]:
         """Loader of the test split."""

@@ -31,6 +31,11 @@ class Evaluation:
             ``predict`` the first this many cases.
         clicks_file: User prompts per case and class (:mod:`segfm.data.io.clicks_file`) for
             ``predict`` without ground truth.
+        validate: Also run the test protocol on the validation cases, as whole volumes, at
+            every validation of ``fit`` and log its scores as ``val_score`` (the headline
+            score ``test`` logs as ``test_<protocol>_score``), ``val_dsc`` and ``val_nsd``:
+            the same prompts and metric code as ``test``, so the two cannot disagree by
+            construction. Needs a data module that yields validation volumes.
     """
 
     clicks: int | None = None
@@ -40,6 +45,7 @@ class Evaluation:
     save_predictions: bool = True
     num_overlays: int = 2
     clicks_file: str | None = None
+    validate: bool = True
 
     def __post_init__(self) -> None:
         """Check the values."""

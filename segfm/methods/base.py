@@ -173,9 +173,43 @@ class BaseTask(pl.LightningModule, ABC):
         """One training step."""
         return self._step(batch, batch_idx, "train")
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """One validation step."""
-        self._step(batch, batch_idx, "val")
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """One validation step: the loss on a batch, or the test protocol on a volume.
+
+        The second loader (``val_volumes``, see :meth:`setup`) yields whole validation volumes;
+        each runs the test protocol and logs ``val_score``, ``val_dsc`` and ``val_nsd``.
+        """
+        if dataloader_idx == 1:
+            self._validate_protocol(batch)
+        else:
+            self._step(batch, batch_idx, "val")
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log``, without a ``/dataloader_idx_N`` suffix on validation names."""
+        kwargs.setdefault("add_dataloader_idx", False)
+        super().log(name, value, *args, **kwargs)
+
+    def log_dict(self, dictionary: Any, *args: Any, **kwargs: Any) -> None:
+        """Lightning's ``log_dict``, without a ``/dataloader_idx_N`` suffix."""
+        kwargs.setdefault("add_dataloader_idx", False)
+        super().log_dict(dictionary, *args, **kwargs)
+
+    @property
+    def validates_protocol(self) -> bool:
+        """Whether ``fit`` scores the test protocol on the validation volumes."""
+        name = "segment_interactive" if self.protocol == "interactive" else "segment_text"
+        implemented = getattr(type(self), name) is not getattr(BaseTask, name)
+        return self.evaluation.validate and implemented
+
+    def on_validation_epoch_start(self) -> None:
+        """A fresh in-memory harness for the validation volumes (nothing is written)."""
+        self._val_harness = self._make_harness(save_predictions=False, num_overlays=0)
+
+    def _validate_protocol(self, batch: Batch) -> None:
+        segment = self.segment_interactive if self.protocol == "interactive" else self.segment_text
+        for scores in self._val_harness.run_batch(batch, segment):
+            for key, value in scores.items():
+                self.log(f"val_{key}", value, batch_size=1, on_epoch=True, sync_dist=True)
 
     # -------------------------------------------------------------- segmenters
     def segment_interactive(
@@ -254,16 +288,20 @@ class BaseTask(pl.LightningModule, ABC):
             )
             raise ConfigError(msg)
         options = self.evaluation
-        self._harness = ProtocolHarness(
+        self._harness = self._make_harness(options.save_predictions, min(2, options.num_overlays))
+
+    def _make_harness(self, save_predictions: bool, num_overlays: int) -> ProtocolHarness:
+        """The harness of the test protocol (also scoring validation volumes during ``fit``)."""
+        return ProtocolHarness(
             self.protocol,  # type: ignore[arg-type]
             self.output_dir,
             num_clicks=self.test_protocol.clicks,
-            tolerance=options.nsd_tolerance,
-            seed=options.seed,
-            save_predictions=options.save_predictions,
-            num_overlays=min(2, options.num_overlays),
+            tolerance=self.evaluation.nsd_tolerance,
+            seed=self.evaluation.seed,
+            save_predictions=save_predictions,
+            num_overlays=num_overlays,
             box=self.test_protocol.box,
-            click_rule=options.click_rule,
+            click_rule=self.evaluation.click_rule,
         )
 
     def on_test_epoch_end(self) -> None:
@@ -371,9 +409,16 @@ class BaseTask(pl.LightningModule, ABC):
 
     # ------------------------------------------------------------------ outputs
     def setup(self, stage: str) -> None:
-        """Resolve :attr:`output_dir` on every rank (finding the run's folder is a collective)."""
+        """Resolve :attr:`output_dir` on every rank; ask for validation volumes when scoring them.
+
+        Finding the run's folder is a collective. In ``fit`` and ``validate`` the data module
+        is told to yield its validation volumes too (:attr:`validates_protocol`).
+        """
         self._output_dir: Path | None = None
         self._output_dir = self.output_dir
+        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "protocol_validation"):
+            datamodule.protocol_validation = self.validates_protocol
 
     @property
     def output_dir(self) -> Path:

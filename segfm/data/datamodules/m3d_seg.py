@@ -211,6 +211,8 @@ class M3DSegDataModule(BaseDataModule):
                 check_case(case)
             if split != "train":
                 self.datasets[split] = M3DSegDataset(cases, classes)
+                if split == "val" and cases:  # validation already yields whole volumes
+                    self.datasets["val_volumes"] = self.datasets[split]
                 continue
             pseudo = self.use_pseudo_masks
             missing = sum(not case.pseudo_mask.is_file() for case in cases) if pseudo else 0

@@ -104,6 +104,9 @@ class NpySliceDataModule(BaseDataModule):
             geometry = {case: read_geometry(p) for case, p in npz.items() if p.is_file()}
             slices = [files for case in splits[split] for files in index[case]]
             self.datasets[split] = NpySliceDataset(slices, geometry, classes, self.image_size)
+            if split == "val" and geometry:  # the protocol's cases during fit
+                paths = [npz[case] for case in geometry]
+                self.datasets["val_volumes"] = NpyVolumeDataset(paths, classes)
 
     def check_files(self, report: Report, max_cases: int | None) -> None:
         """Check slice pairs, case volumes and label values against ``labels.json``."""

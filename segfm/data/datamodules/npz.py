@@ -271,6 +271,8 @@ class NpzDataModule(BaseDataModule):
                 msg = f"no {split} case in {self.root}: raise val_fraction or fill the split_file"
                 raise DataError(msg)
             self.datasets[split] = self._dataset(split, cases, entries)
+            if split == "val" and cases:  # the protocol's cases during fit
+                self.datasets["val_volumes"] = NpzVolumeDataset(cases, entries)
 
     def train_dataloader(self) -> DataLoader[Sample]:
         """Shuffled samples (2.5D: ``volume_chunk`` at a time from one volume); resumable."""

@@ -162,3 +162,5 @@ class VolumeDataModule(BaseDataModule):
                 kept, cache, classes, self.patch_size, split == "train", self.flips,
                 self.crop_jitter, self.zscore,
             )  # fmt: skip
+            if split == "val" and kept:  # the protocol's cases during fit
+                self.datasets["val_volumes"] = NiftiVolumeDataset(kept, cache, classes, self.zscore)
