@@ -23,8 +23,9 @@ _STAGE_OF = {
     "test": "test",
     "predict": "predict",
 }
-#: splits of whole volumes of different sizes: one sample per batch, each case once under DDP
-_VOLUME_SPLITS = ("val_volumes", "test", "predict")
+#: splits whose every case is seen once under DDP (Lightning's validation sampler pads the
+#: ranks with repeated cases instead, which keeps the logged scores in step across ranks)
+_ONCE_SPLITS = ("test", "predict")
 
 
 class BaseDataModule(LightningDataModule):
@@ -79,7 +80,7 @@ class BaseDataModule(LightningDataModule):
         sampler: Sampler[int] | None = None
         trainer = self.trainer
         world_size = 1 if trainer is None else trainer.world_size
-        if split in _VOLUME_SPLITS and trainer is not None and world_size > 1:
+        if split in _ONCE_SPLITS and trainer is not None and world_size > 1:
             # every case once: Lightning's own test sampler pads the ranks with repeated cases
             sampler = UnrepeatedDistributedSampler(
                 self.datasets[split],  # type: ignore[arg-type]

@@ -152,15 +152,16 @@ class BaseTask(pl.LightningModule, ABC):
         return optimizer
 
     def configure_callbacks(self) -> list[Callback]:
-        """Random states, the official-format export and a line per epoch in logs.
+        """Random states, the official-format export, a line per epoch and the learning curve.
 
         Random states in checkpoints give an exact resume; the official twin is written beside
         every checkpoint; :class:`~segfm.callbacks.EpochLog` prints a line per epoch where no
-        progress bar is drawn.
+        progress bar is drawn; :class:`~segfm.callbacks.LearningCurve` keeps
+        ``learning_curve.png`` / ``.csv`` in the run folder.
         """
-        from segfm.callbacks import EpochLog, OfficialExport, RandomStateCheckpoint
+        from segfm.callbacks import EpochLog, LearningCurve, OfficialExport, RandomStateCheckpoint
 
-        callbacks: list[Callback] = [RandomStateCheckpoint(), EpochLog()]
+        callbacks: list[Callback] = [RandomStateCheckpoint(), EpochLog(), LearningCurve()]
         if self.official_format is not None and self.hparams.get("export_official", True):
             callbacks.append(OfficialExport(self.official_format))
         return callbacks
