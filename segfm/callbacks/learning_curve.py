@@ -54,9 +54,15 @@ class LearningCurve(Callback):
         scores = [n for n in names if n not in losses and not n.startswith("lr")]
 
         def series(keys: list[str]) -> dict[str, list[tuple[float, float]]]:
-            return {
-                k: [(r["epoch"], r.get(k, math.nan)) for r in self.rows if k in r] for k in keys
-            }
+            out: dict[str, list[tuple[float, float]]] = {}
+            for key in keys:
+                values = [(r["epoch"], r.get(key, math.nan)) for r in self.rows if key in r]
+                same = next((k for k, v in out.items() if v == values), None)
+                if same is None:
+                    out[key] = values
+                else:  # one line for equal series (val_score is val_dsc in the box protocol)
+                    out[f"{same} = {key}"] = out.pop(same)
+            return out
 
         write_line_charts(
             folder / f"{self.filename}.png",

@@ -36,7 +36,7 @@ def _panel(
 ) -> None:
     """One chart: axes, ticks, a line with dots per series and its legend, in ``box``."""
     left, top, right, bottom = box
-    x0, y0, x1, y1 = left + 56, top + 28, right - 12, bottom - 40
+    x0, y0, x1, y1 = left + 56, top + 28, right - 150, bottom - 40
     draw.text((left + 8, top + 6), title, fill="black", font=font)
     points = [p for values in series.values() for p in values if math.isfinite(p[1])]
     if not points:
@@ -70,8 +70,8 @@ def _panel(
             draw.line(finite, fill=colour, width=2)
         for px, py in finite:
             draw.ellipse((px - 2.5, py - 2.5, px + 2.5, py + 2.5), fill=colour)
-        draw.line((x1 - 130, legend_y + 6, x1 - 110, legend_y + 6), fill=colour, width=3)
-        draw.text((x1 - 104, legend_y), name, fill="black", font=font)
+        draw.line((x1 + 10, legend_y + 6, x1 + 30, legend_y + 6), fill=colour, width=3)
+        draw.text((x1 + 36, legend_y), name, fill="black", font=font)
         legend_y += 16
 
 
