@@ -4,7 +4,7 @@ RUN ?= $(shell date +%Y%m%d-%H%M%S)
 DEMO_DATA ?= demo_data
 SEGVOL_CATEGORIES ?= liver,spleen,kidney_left,kidney_right,aorta
 
-.PHONY: install demo demo-segvol demo-biomedparse demo-embedding test bench lint clean
+.PHONY: install demo demo-seeds demo-segvol demo-biomedparse demo-embedding test bench lint clean
 
 install:  ## install segfm with its test tools (CPU torch first, so pip never pulls a CUDA build)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -20,6 +20,21 @@ demo: install  ## generate data, preprocess, fine-tune a tiny MedSAM, test, expo
 	$(PYTHON) -m segfm export --ckpt_path runs/medsam_demo/$(RUN)/checkpoints/last.ckpt \
 		--format sam --output runs/medsam_demo/$(RUN)/medsam_demo.pth
 	@echo "run folder: runs/medsam_demo/$(RUN)"
+
+SEEDS ?= 2023 1 2
+
+demo-seeds: install  ## the MedSAM demo once per seed in SEEDS, then the held-out DSC / NSD of each
+	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0
+	$(PYTHON) -m data_tools.pre_ct_mr --nnunet $(DEMO_DATA)/raw --output $(DEMO_DATA)/medsam \
+		--image_size 128 --prefix CT_Synth --min_size_3d 50 --min_size_2d 10
+	for seed in $(SEEDS); do \
+		$(PYTHON) -m segfm fit --config configs/medsam/demo.yaml --seed_everything $$seed \
+			--trainer.logger.init_args.version $(RUN)-seed$$seed && \
+		$(PYTHON) -m segfm test --config configs/medsam/demo.yaml \
+			--trainer.logger.init_args.version $(RUN)-seed$$seed \
+			--ckpt_path runs/medsam_demo/$(RUN)-seed$$seed/checkpoints/last.ckpt || exit 1; \
+	done
+	$(PYTHON) benchmarks/seed_table.py runs/medsam_demo/$(RUN)-seed*
 
 demo-segvol: install  ## tiny SegVol on generated M3D-Seg data: build, pseudo masks, fit, zoom-out-zoom-in test
 	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0
