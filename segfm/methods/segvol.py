@@ -284,7 +284,10 @@ class SegVol(SegVolInference):
         boxes = torch.stack(
             [mask_box(m) if bool(f) else none for m, f in zip(masks, full, strict=True)]
         )
-        blank = (masks.new_full((21, 3), -1.0, dtype=torch.float), masks.new_full((21,), -1.0))
+        blank = (
+            masks.new_full((21, 3), -1.0, dtype=torch.float),
+            masks.new_full((21,), -1.0, dtype=torch.float),
+        )
         pts = [
             sample_points(m, generator=generator)
             if bool(f)
