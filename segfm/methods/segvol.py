@@ -186,6 +186,8 @@ class SegVol(SegVolInference):
         self.roi_size = tuple(roi_size)
         self.patch_size = None if patch_size is None else tuple(patch_size)
         self.loss_options = loss
+        if isinstance(inference, dict):  # from a checkpoint's or a config's plain data
+            inference = ZoomOptions(**inference)
         self.inference = inference or ZoomOptions()
         self.prompt, self.normalize = prompt, normalize
         self.warmup_epochs = warmup_epochs

@@ -258,3 +258,10 @@ def test_segment_interactive_with_uneven_clicks(clip_dir: Path) -> None:
     seg = method.segment_interactive(torch.rand(14, 30, 34) * 255, [1.0] * 3, prompts, None)
     assert seg.shape == (14, 30, 34) and set(torch.unique(seg).tolist()) <= {0, 1, 4, 5}
     assert cvpr_box(box, torch.device("cpu")).tolist() == [2, 4, 6, 9, 20, 25]
+
+
+def test_inference_options_from_plain_data(clip_dir: Path) -> None:
+    # a config or checkpoint may hand the group over as a dict (segfm test --ckpt_path did)
+    method = _method(clip_dir, inference={"zoom_in": False, "overlap": 0.25})
+    assert isinstance(method.inference, ZoomOptions)
+    assert (method.inference.zoom_in, method.inference.overlap) == (False, 0.25)
