@@ -111,7 +111,6 @@ def _roi(foreground: Tensor, window: Sequence[int]) -> tuple[list[int], list[int
     return lo, hi
 
 
-@torch.no_grad()
 @dataclass(frozen=True)
 class ZoomOptions:
     """How zoom-out-zoom-in runs (SegVol's inference settings).
@@ -141,6 +140,7 @@ class ZoomOptions:
                 raise ValueError(msg)
 
 
+@torch.no_grad()
 def zoom_out_zoom_in(
     model: SegVol,
     image: Tensor,

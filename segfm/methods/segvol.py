@@ -16,6 +16,7 @@ from torch import Tensor
 from segfm.checkpoints.segvol import load_into, load_official
 from segfm.evaluation.options import Evaluation
 from segfm.inference.zoom import ZoomOptions
+from segfm.losses.dice_bce import dice_bce
 from segfm.methods.segvol_inference import SegVolInference
 from segfm.methods.segvol_inference import prompt_kinds as _kinds
 from segfm.models.segvol import build_segvol
@@ -30,35 +31,46 @@ PROMPTS = ("text", "box", "point", "box+text", "point+text", "box+point", "box+p
 SSL_PASSES = 6  # pseudo-mask passes per batch: even ones prompted by points, odd ones by a box
 
 
-def dice_bce(logits: Tensor, target: Tensor, valid: Tensor | None = None) -> Tensor:
-    """SegVol's loss: ``BinaryDiceLoss`` (sigmoid, smooth 1, mean over rows) + BCE.
-
-    Args:
-        logits: ``[N, 1, *S]``.
-        target: Binary ``[N, *S]``.
-        valid: Voxels that count ``[N, *S]`` (pseudo masks' -1 voxels are left out), or None.
-    """
-    target = target.float()
-    prob = torch.sigmoid(logits[:, 0])
-    weight = torch.ones_like(target) if valid is None else valid.float()
-    prob, target = prob * weight, target * weight
-    num = (prob * target).flatten(1).sum(1)
-    den = prob.flatten(1).sum(1) + target.flatten(1).sum(1) + 1.0
-    bce = F.binary_cross_entropy_with_logits(logits[:, 0], target, weight=weight, reduction="sum")
-    return (1 - 2 * num / den).mean() + bce / weight.sum().clamp(min=1.0)
+def _sentinel_points(
+    mask: Tensor, blank: tuple[Tensor, Tensor], generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """The original's points of an empty target: a -1 point, U[0, 10] negatives, padding."""
+    coords, labels = blank[0].clone(), blank[1].clone()
+    count = int(torch.randint(0, 11, (1,), generator=generator))
+    negatives = torch.nonzero(~mask.bool())
+    picked = negatives[torch.randperm(len(negatives), generator=generator)[:count].to(mask.device)]
+    coords[1 : 1 + len(picked)] = picked.float()
+    labels[1 : 1 + len(picked)] = 0.0
+    return coords, labels
 
 
 @dataclass(frozen=True)
 class SegVolLoss:
     """SegVol's training targets: supervised prompt combinations and the pseudo-mask term.
 
+    The three switches give the original's behaviour where segfm departs from it on purpose
+    (docs/methods/segvol.md, "Training: what matches the original").
+
     Args:
-        loss: Prompt combinations, classes per batch and weight of the pseudo-mask term.
+        prompt_combos: Supervised prompt combinations, from :data:`COMBOS`.
+        max_categories: Most classes per batch (0: all).
+        ssl_weight: Weight of the pseudo-mask term.
+        squeeze_dice: The original's ``logits.squeeze()`` before its Dice: with a batch of one
+            the Dice becomes a mean over slices. False (default): the Dice of each volume.
+        pseudo_ignore: Leave pseudo-mask voxels marked -1 out of the pseudo-mask term. False:
+            the original, which counted them as background.
+        sentinel_prompts: Prompt empty targets (a class absent from one sample of the batch but
+            present in another) as the original did, with the box ``[-1] * 6`` and 21 padding
+            points, in every combination. False (default): box- and point-only combinations
+            skip them, text ones decode them from text alone.
     """
 
     prompt_combos: tuple[str, ...] = COMBOS
     max_categories: int = 0
     ssl_weight: float = 0.1
+    squeeze_dice: bool = False
+    pseudo_ignore: bool = True
+    sentinel_prompts: bool = False
 
     def __post_init__(self) -> None:
         if not self.prompt_combos or not set(self.prompt_combos) <= set(COMBOS):
@@ -87,7 +99,8 @@ class SegVol(SegVolInference):
     own optimiser step); empty targets get no box or points (SegVol fed sentinel -1 prompts as
     real), so box/point-only combinations skip them and text combinations decode them from text;
     the text encoder stays frozen (SegVol's ``dim_align`` never trained, see
-    :class:`~segfm.models.segvol.TextEncoder`); the warm-up schedule starts above 0.
+    :class:`~segfm.models.segvol.TextEncoder`). The schedule is the original's: its first
+    epoch runs at a learning rate of 0 (:func:`~segfm.utils.schedules.warmup_cosine`).
 
     Test (:class:`~segfm.methods.segvol_inference.SegVolInference`): the evaluation harness's
     protocols, by default ``text`` (zoom-out-zoom-in,
@@ -116,7 +129,8 @@ class SegVol(SegVolInference):
         prompt: Prompts of ``predict``, from :data:`PROMPTS` (``test`` runs a protocol).
         inference: Zoom-out-zoom-in settings: zoom-in pass, window overlap, foreground
             threshold, windows encoded together.
-        warmup_epochs: Linear warm-up epochs of ``lr_schedule: warmup_cosine``.
+        warmup_epochs: Linear warm-up epochs of ``lr_schedule: warmup_cosine`` (from 0, as
+            SegVol: 0, 1/9, ..., 1 over 10 epochs; 0: none).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         lr_schedule: ``warmup_cosine`` (SegVol: warm-up then cosine to 0 at the last epoch),
@@ -172,10 +186,13 @@ class SegVol(SegVolInference):
         self.roi_size = tuple(roi_size)
         self.patch_size = None if patch_size is None else tuple(patch_size)
         self.loss_options = loss
+        if isinstance(inference, dict):  # from a checkpoint's or a config's plain data
+            inference = ZoomOptions(**inference)
         self.inference = inference or ZoomOptions()
         self.prompt, self.normalize = prompt, normalize
         self.warmup_epochs = warmup_epochs
         self.lr_schedule = lr_schedule
+        self._per_slice = False  # squeeze_dice with a batch of one, set per step
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -263,13 +280,24 @@ class SegVol(SegVolInference):
             unique = sorted(set(names))
             table = self.model.embed_text(unique)
             text = table[torch.tensor([unique.index(n) for n in names], device=table.device)]
-        # prompts of empty targets are never used: zeros stand in to keep one tensor
-        none = masks.new_zeros(6, dtype=torch.float)
+        # prompts of empty targets: SegVol's sentinels with sentinel_prompts, else never used
+        sentinel = self.loss_options.sentinel_prompts
+        none = masks.new_full((6,), -1.0 if sentinel else 0.0, dtype=torch.float)
         boxes = torch.stack(
             [mask_box(m) if bool(f) else none for m, f in zip(masks, full, strict=True)]
         )
-        pts = [sample_points(m, generator=generator) for m in masks]
-        blank = (masks.new_zeros((21, 3), dtype=torch.float), masks.new_full((21,), -1.0))
+        blank = (
+            masks.new_full((21, 3), -1.0, dtype=torch.float),
+            masks.new_full((21,), -1.0, dtype=torch.float),
+        )
+        pts = [
+            sample_points(m, generator=generator)
+            if bool(f)
+            else (_sentinel_points(m, blank, generator) if sentinel else None)
+            for m, f in zip(masks, full, strict=True)
+        ]
+        if sentinel:
+            full = torch.ones_like(full)
         coords = torch.stack([(p or blank)[0] for p in pts])
         labels = torch.stack([(p or blank)[1].float() for p in pts])
         total = embeddings.new_zeros(())
@@ -289,8 +317,15 @@ class SegVol(SegVolInference):
                 )
                 targets.append(masks[idx])
             if logits:
-                total = total + dice_bce(torch.cat(logits), torch.cat(targets))
+                total = total + dice_bce(
+                    torch.cat(logits), torch.cat(targets), per_slice=self._per_slice
+                )
         return total
+
+    @staticmethod
+    def _pick_region(ids: Tensor, generator: torch.Generator) -> Tensor:
+        """One pseudo region id of ``ids`` at random (SegVol's ``random.choice``)."""
+        return ids[int(torch.randint(ids.numel(), (1,), generator=generator))]
 
     def _pseudo_target(
         self, regions: Tensor, use_box: bool, generator: torch.Generator
@@ -300,8 +335,7 @@ class SegVol(SegVolInference):
         ids = ids[ids >= 0]
         if ids.numel() == 0:
             return None
-        region = ids[int(torch.randint(ids.numel(), (1,), generator=generator))]
-        target = regions == region
+        target = regions == self._pick_region(ids, generator)
         if not use_box:
             return target, None, sample_points(target, min_positive=4, generator=generator)
         box = mask_box(target)
@@ -336,7 +370,8 @@ class SegVol(SegVolInference):
                     torch.stack([d[2][1] for d in items]),  # type: ignore[index]
                 )
             logits = self._decode_full(embeddings[idx], None, points, boxes)
-            total = total + dice_bce(logits, targets, valid=pseudo[idx] >= 0)
+            valid = pseudo[idx] >= 0 if self.loss_options.pseudo_ignore else None
+            total = total + dice_bce(logits, targets, valid=valid, per_slice=self._per_slice)
         return total
 
     def _step(self, batch: Batch, batch_idx: int, stage: str) -> Tensor | None:
@@ -344,6 +379,7 @@ class SegVol(SegVolInference):
         seed = self.evaluation.seed + batch_idx  # validation: the same points every epoch
         generator.manual_seed(int(torch.randint(2**31, (1,))) if stage == "train" else seed)
         image, label, pseudo = self._to_window(batch)
+        self._per_slice = self.loss_options.squeeze_dice and image.shape[0] == 1
         masks, rows, names = self._targets(label, batch.get("classes"), generator)
         use_ssl = (
             pseudo is not None and self.loss_options.ssl_weight > 0 and bool((pseudo >= 0).any())

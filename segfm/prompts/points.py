@@ -12,6 +12,8 @@ from torch import Tensor
 
 def _pick(candidates: Tensor, count: int, generator: torch.Generator | None) -> Tensor:
     """``count`` distinct rows of ``candidates [M, 3]`` at random (fewer if ``M < count``)."""
+    if count == 0:
+        return candidates[:0]
     order = torch.randperm(candidates.shape[0], generator=generator)[:count]
     return candidates[order.to(candidates.device)]
 
@@ -25,8 +27,11 @@ def sample_points(
 ) -> tuple[Tensor, Tensor] | None:
     """SegVol's point prompt: 1 positive, ``U[min, max]`` more positives, ``U[0, max]`` negatives.
 
-    Padded to ``1 + max_positive + max_negative`` points with label -1 (SAM's "not a point"
-    token; its coordinates are never embedded).
+    As the original's ``select_points``: the first positive is drawn on its own, the extra
+    positives are distinct from each other but may repeat it (so a mask of ``n`` voxels gives
+    ``1 + min(extra, n)`` positive labels), the negatives are distinct. Padded to
+    ``1 + max_positive + max_negative`` points with label -1 (SAM's "not a point" token; its
+    coordinates are never embedded).
 
     Args:
         mask: Binary target ``[D, H, W]``.
@@ -44,7 +49,8 @@ def sample_points(
         return None
     extra = int(torch.randint(min_positive, max_positive + 1, (1,), generator=generator))
     negatives = int(torch.randint(0, max_negative + 1, (1,), generator=generator))
-    pos = _pick(positive, 1 + extra, generator)
+    first = int(torch.randint(positive.shape[0], (1,), generator=generator))
+    pos = torch.cat([positive[first : first + 1], _pick(positive, extra, generator)])
     neg = _pick(torch.nonzero(~mask.bool()), negatives, generator)
     total = 1 + max_positive + max_negative
     coords = torch.zeros((total, 3), device=mask.device)

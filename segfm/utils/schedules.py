@@ -26,15 +26,19 @@ def multistep(optimizer: Optimizer, milestones: Sequence[int], gamma: float) -> 
 
 
 def warmup_cosine(optimizer: Optimizer, warmup: int, epochs: int) -> dict[str, Any]:
-    """Per epoch: linear warm-up ``(e + 1) / (warmup + 1)``, then cosine to 0 (SegVol's recipe).
+    """Per epoch: SegVol's linear warm-up from 0, then cosine to 0 at ``epochs``.
 
-    SegVol's own warm-up starts at 0, which loses its first epoch; this one starts above it.
+    The factor of epoch ``e`` is ``e / (warmup - 1)`` for ``e < warmup`` (0, 1/9, ..., 1 for
+    SegVol's 10 epochs: its ``LinearWarmupCosineAnnealingLR`` from ``warmup_start_lr`` 0, so the
+    first epoch runs at 0), then ``(1 + cos(pi (e - warmup) / (epochs - warmup))) / 2``.
+    ``warmup`` 0 means no warm-up (cosine from the first epoch); the original gave epoch 0 a rate
+    of 0 whatever its warm-up.
     """
     total = max(epochs, warmup + 1)
 
     def factor(epoch: int) -> float:
         if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
+            return epoch / max(1, warmup - 1)
         return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / max(1, total - warmup)))
 
     return {"scheduler": LambdaLR(optimizer, factor), "interval": "epoch"}

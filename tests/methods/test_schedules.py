@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from segfm.methods.base import BaseTask
+from segfm.utils import schedules
 
 
 class _Linear(BaseTask):
@@ -77,3 +79,49 @@ def test_multistep_drops_at_the_milestone_epochs() -> None:
 def test_bad_schedules(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         _Linear(**kwargs)
+
+
+def _original_segvol_table(warmup: int, epochs: int) -> list[float]:
+    """SegVol's ``LinearWarmupCosineAnnealingLR`` (``utils/lr_scheduler.py``, ``get_lr``), base 1.
+
+    Written from the original's chainable rule: epoch 0 gets ``warmup_start_lr`` (0), each
+    warm-up epoch adds ``1 / (warmup - 1)``, epoch ``warmup`` is the base rate, later epochs
+    ``(1 + cos(pi (e - warmup) / (epochs - warmup))) / 2``.
+    """
+    rates = [0.0]
+    for epoch in range(1, epochs):
+        if epoch < warmup:
+            rates.append(rates[-1] + 1 / (warmup - 1))
+        elif epoch == warmup:
+            rates.append(1.0)
+        else:
+            rates.append(0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (epochs - warmup))))
+    return rates
+
+
+def test_warmup_cosine_is_segvols_schedule() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = schedules.warmup_cosine(optimizer, warmup=10, epochs=500)["scheduler"]
+    rates = []
+    for _ in range(500):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # by hand: 0, 1/9, ..., 8/9, 1 over epochs 0-9, then 1 at epoch 10 and the cosine
+    head = [0, 1 / 9, 2 / 9, 3 / 9, 4 / 9, 5 / 9, 6 / 9, 7 / 9, 8 / 9, 1, 1]
+    assert rates[:11] == pytest.approx(head, abs=1e-12)
+    assert rates[255] == pytest.approx(0.5 * (1 + math.cos(math.pi * 245 / 490)))
+    assert rates == pytest.approx(_original_segvol_table(10, 500), abs=1e-12)
+    assert rates[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 489 / 490)))
+
+
+def test_warmup_cosine_without_warmup_starts_at_the_full_rate() -> None:
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = schedules.warmup_cosine(optimizer, warmup=0, epochs=4)["scheduler"]
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    c = math.cos(math.pi / 4)
+    assert rates == pytest.approx([1.0, 0.5 * (1 + c), 0.5, 0.5 * (1 - c)])

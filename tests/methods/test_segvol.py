@@ -174,6 +174,10 @@ def test_dice_bce_matches_hand_arithmetic() -> None:
     valid = torch.zeros(1, 2, 2, 2, dtype=torch.bool)
     valid[0, 0, 0] = True  # two target voxels only: 1 - 2 * 1 / (1 + 2 + 1) + ln 2
     assert dice_bce(logits, target, valid).item() == pytest.approx(0.5 + math.log(2), rel=1e-6)
+    # per slice (the original's squeeze at batch 1): slice 0 1 - 2 * 2 / (2 + 4 + 1), slice 1
+    # 1 - 0 / (2 + 0 + 1) = 1; their mean, plus the same BCE
+    per_slice = dice_bce(logits, target, per_slice=True).item()
+    assert per_slice == pytest.approx((2 - 4 / 7) / 2 + math.log(2), rel=1e-6)
 
 
 def test_warmup_cosine_schedule(clip_dir: Path) -> None:
@@ -185,8 +189,8 @@ def test_warmup_cosine_schedule(clip_dir: Path) -> None:
     for _ in range(12):
         rates.append(scheduler.get_last_lr()[0])
         scheduler.step()
-    assert rates[0] == pytest.approx(1e-4 / 5) and rates[3] == pytest.approx(1e-4 * 4 / 5)
-    assert rates[4] == pytest.approx(1e-4)
+    # SegVol's warm-up from 0 over 4 epochs: 0, 1/3, 2/3, 1, then the cosine from 1
+    assert rates[:5] == pytest.approx([0.0, 1e-4 / 3, 2e-4 / 3, 1e-4, 1e-4])
     assert rates[8] == pytest.approx(1e-4 * 0.5)
     assert all(b < a for a, b in itertools.pairwise(rates[4:]))
 
@@ -254,3 +258,10 @@ def test_segment_interactive_with_uneven_clicks(clip_dir: Path) -> None:
     seg = method.segment_interactive(torch.rand(14, 30, 34) * 255, [1.0] * 3, prompts, None)
     assert seg.shape == (14, 30, 34) and set(torch.unique(seg).tolist()) <= {0, 1, 4, 5}
     assert cvpr_box(box, torch.device("cpu")).tolist() == [2, 4, 6, 9, 20, 25]
+
+
+def test_inference_options_from_plain_data(clip_dir: Path) -> None:
+    # a config or checkpoint may hand the group over as a dict (segfm test --ckpt_path did)
+    method = _method(clip_dir, inference={"zoom_in": False, "overlap": 0.25})
+    assert isinstance(method.inference, ZoomOptions)
+    assert (method.inference.zoom_in, method.inference.overlap) == (False, 0.25)
