@@ -45,12 +45,15 @@ class ClickSimulation:
         detach_previous: Detach the previous logits fed back as the mask prompt (saves memory;
             the original back-propagates through them).
         min_target_voxels: Smallest class (voxels in the crop) used as a training target.
+        raw_logit_errors: Find the previous step's errors as the original did, from raw logits
+            > 0.5 (probability > 0.62); by default from probabilities > ``mask_threshold``.
     """
 
     train_iterations: int = 11
     mask_only_steps: bool = True
     detach_previous: bool = False
     min_target_voxels: int = 10
+    raw_logit_errors: bool = False
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -72,8 +75,8 @@ class SAMMed3D(BaseTask):
     false positive) and feeds back the previous step's low-res logits as the mask prompt; at one
     random step in 2..8 and at the last, the mask prompt is given alone. Every step's logits,
     upsampled to the crop, add a DiceCE loss. Fixed bugs of the original: the next click comes
-    from probabilities > ``mask_threshold`` (not raw logits > 0.5), and a step without any error
-    clicks inside the target instead of crashing.
+    from probabilities > ``mask_threshold`` (not raw logits > 0.5; ``raw_logit_errors`` restores
+    it), and a step without any error clicks inside the target instead of crashing.
 
     Inference on whole volumes ``[1, D, H, W]``: per class, cubes of the network size cover the
     region of its prompts (:func:`segfm.inference.click_windows.segment_region`), all its clicks
@@ -88,8 +91,11 @@ class SAMMed3D(BaseTask):
         image_size: Side of the cube the network sees (128 for the released weights).
         checkpoint: Initial weights: ``sam_med3d_turbo.pth`` (official layout), a plain state
             dict or a segfm export.
-        normalize: ``zscore`` each crop over its voxels > 0 (SAM-Med3D), or ``none`` when the
-            data module already normalised (e.g. the LIDC recipe's [0, 1] HU window).
+        normalize: ``zscore`` each crop over its voxels > 0; ``zscore_batch``: one mean and
+            standard deviation over the voxels > 0 of all crops of the batch together (the
+            original's ``ZNormalization`` of the stacked crops); ``none`` when the data module
+            already normalised (e.g. the LIDC recipe's [0, 1] HU window). Inference z-scores each
+            cube unless ``none``.
         click_simulation: The training interaction's steps and targets.
         lambda_ce: Weight of the cross-entropy term of DiceCE (0 reproduces the original, whose
             MONAI version dropped it for one channel).
@@ -119,7 +125,7 @@ class SAMMed3D(BaseTask):
         arch: Literal["sam_med3d", "tiny"] = "sam_med3d",
         image_size: int = 128,
         checkpoint: str | None = None,
-        normalize: Literal["zscore", "none"] = "zscore",
+        normalize: Literal["zscore", "zscore_batch", "none"] = "zscore",
         click_simulation: ClickSimulation | None = None,
         lambda_ce: float = 1.0,
         inference: WindowInference | None = None,
@@ -193,6 +199,8 @@ class SAMMed3D(BaseTask):
 
     def normalize_crops(self, crops: Tensor) -> Tensor:
         """Crops ``[N, 1, *S]`` as the network takes them (``normalize``)."""
+        if self.normalize == "zscore_batch":  # all crops as one sample
+            return zscore_foreground(crops.reshape(1, 1, -1)).view_as(crops)
         return zscore_foreground(crops) if self.normalize == "zscore" else crops
 
     # ------------------------------------------------------------------ training
@@ -253,7 +261,10 @@ class SAMMed3D(BaseTask):
                 low = decode_points(self.model, embeddings, coords[:, None], labels[:, None], low)
             logits = full_logits(self.model, low)
             total = total + self.loss(logits, target)
-            pred = torch.sigmoid(logits[:, 0].detach()) > self.inference.mask_threshold
+            if options.raw_logit_errors:
+                pred = logits[:, 0].detach() > 0.5
+            else:
+                pred = torch.sigmoid(logits[:, 0].detach()) > self.inference.mask_threshold
             if options.detach_previous:
                 low = low.detach()
         return total, logits
@@ -278,7 +289,7 @@ class SAMMed3D(BaseTask):
         if targets.shape[0] == 0:
             rank_zero_warn(f"{stage} batch {batch_idx}: no class large enough; batch skipped")
             return None
-        embeddings = self.model.encode(to_net(self.normalize_crops(image[index])))
+        embeddings = self.model.encode(to_net(self.normalize_crops(image)[index]))
         loss, logits = self.click_loop(embeddings, targets, generator)
         pred = torch.sigmoid(logits[:, 0]) > self.inference.mask_threshold
         n = int(index.shape[0])
@@ -329,7 +340,7 @@ class SAMMed3D(BaseTask):
                 continue
             region = (lo, hi) if box is not None else click_region(clicks)
             prev = None if previous is None else previous == c
-            zscore = self.normalize == "zscore"
+            zscore = self.normalize != "none"
             prob, covered = segment_region(
                 self.model, image, region, clicks, self._cache, self.inference, prev, zscore
             )

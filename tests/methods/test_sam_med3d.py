@@ -55,6 +55,20 @@ def test_zscore_over_positive_voxels(method: SAMMed3D) -> None:
     assert torch.equal(method.normalize_crops(x), x)
 
 
+def test_zscore_batch_uses_one_mean_and_std_over_all_crops(method: SAMMed3D) -> None:
+    # the original: tio.ZNormalization(masking_method=lambda x: x > 0) on the [N, W, H, D] batch
+    gen = np.random.default_rng(3)
+    crops = gen.normal(0.0, 1.0, (3, 1, 5, 6, 7)).astype(np.float32)
+    crops[1] = crops[1] * 4.0 + 6.0  # one crop much brighter than the others
+    values = crops[crops > 0].astype(np.float64)
+    expected = (crops.astype(np.float64) - values.mean()) / values.std(ddof=1)
+    method.normalize = "zscore_batch"
+    out = method.normalize_crops(torch.from_numpy(crops))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    method.normalize = "zscore"  # each crop on its own: a different result
+    assert not np.allclose(method.normalize_crops(torch.from_numpy(crops)).numpy(), expected)
+
+
 def test_targets_use_only_classes_large_enough(method: SAMMed3D) -> None:
     label = torch.zeros(3, 8, 8, 8, dtype=torch.long)
     label[0, :3, :3, :3] = 2  # 27 voxels
