@@ -1,8 +1,16 @@
-"""SAMMed3D's training against SAM-Med3D's ``train.py``: the optimiser step under accumulation.
+"""SAMMed3D's training step against SAM-Med3D's ``train.py``, run as a reference.
 
-SAM-Med3D (uni-medical/SAM-Med3D @f3de1fa, ``train.py`` lines 343-372) divides each batch's
-loss by ``accumulation_steps`` (20) before ``backward`` and steps the optimiser every 20 batches;
-the recipes set ``trainer.accumulate_grad_batches: 20`` and let Lightning do both.
+The reference (``benchmarks/reference/train_sam_med3d.py``) follows uni-medical/SAM-Med3D
+@f3de1fa ``train.py`` lines 136 (the loss), 227-291 (``batch_forward``, ``get_points``,
+``interaction``: 11 iterations, mask prompt alone at ``randint(2, 9)`` and the last, newest click
+only, low-res logits fed back undetached, the loss summed), 343-365 (batch z-score, encoder once,
+``loss /= accumulation_steps``) and ``utils/click_method.py`` lines 191-223
+(``get_next_click3D_torch_2``). Both run on one batch with the same weights (medim's SAM-Med3D
+classes, small, loaded into segfm's network) and the same draws: segfm draws its clicks and its
+mask-only step, the reference is handed the same ones and must find each click in its own error
+region and give it the same label. Loss and gradient norm per parameter group must agree within
+1e-5. The last test checks the optimiser step under accumulation (``train.py`` 365-372) against
+Lightning's ``accumulate_grad_batches``.
 """
 
 from __future__ import annotations
@@ -11,13 +19,147 @@ import copy
 from typing import Any
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
+import segfm.methods.sam_med3d as sam_med3d_module
+from benchmarks.reference import train_sam_med3d as reference
+from segfm.inference.click_windows import to_net
 from segfm.methods import SAMMed3D
 from segfm.methods.sam_med3d import ClickSimulation
+from segfm.models import sam_med3d
+from tests.official import randomize_
 
 SIZE = 32
+
+
+REF_SIZE = 32  # 2³ embedding grid, 8³ low-res logits
+GROUPS = ("image_encoder", "prompt_encoder", "mask_decoder")  # the original's optimiser groups
+
+
+def _small_pair() -> tuple[torch.nn.Module, torch.nn.Module]:
+    """medim's SAM-Med3D classes at 32³ (randomised) and segfm's network with its weights."""
+    medim = pytest.importorskip("medim.models.sam_med3d")
+    width, depth, heads, window = 48, 2, 4, 2
+    ref = medim.SAM_Med3D(
+        image_encoder=medim.ImageEncoderViT3D(
+            depth=depth,
+            embed_dim=width,
+            img_size=REF_SIZE,
+            mlp_ratio=4,
+            norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6),
+            num_heads=heads,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[1],
+            window_size=window,
+            out_chans=384,
+            in_chans=1,
+        ),
+        prompt_encoder=medim.PromptEncoder3D(
+            embed_dim=384,
+            image_embedding_size=(2, 2, 2),
+            input_image_size=(REF_SIZE,) * 3,
+            mask_in_chans=16,
+        ),
+        mask_decoder=medim.MaskDecoder3D(num_multimask_outputs=3, transformer_dim=384),
+    )
+    randomize_(ref, seed=7, scale=0.05)  # logits of either sign: clicks of both kinds
+    ours = sam_med3d(
+        image_size=REF_SIZE,
+        encoder_embed_dim=width,
+        encoder_depth=depth,
+        encoder_num_heads=heads,
+        encoder_global_attn_indexes=(1,),
+        window_size=window,
+    )
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+def _reference_batch() -> dict[str, torch.Tensor]:
+    """Two crops ``[2, 1, z, y, x]``: boxes of different sizes, brighter than the noise."""
+    gen = torch.Generator().manual_seed(11)
+    label = torch.zeros(2, 1, REF_SIZE, REF_SIZE, REF_SIZE, dtype=torch.long)
+    label[0, 0, 5:20, 10:22, 8:15] = 1
+    label[1, 0, 15:25, 4:14, 12:30] = 1
+    image = torch.randn(label.shape, generator=gen) * 30.0 + 40.0 * label
+    return {"image": image, "label": label}
+
+
+def _group_norms(model: torch.nn.Module) -> dict[str, float]:
+    norms = {}
+    for group in GROUPS:
+        grads = [p.grad.flatten() for p in getattr(model, group).parameters() if p.grad is not None]
+        norms[group] = float(torch.cat(grads).double().norm())
+    return norms
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_step_equals_the_original(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    ref, ours = _small_pair()
+    method = SAMMed3D(
+        arch="tiny",
+        image_size=REF_SIZE,
+        normalize="zscore_batch",
+        click_simulation=ClickSimulation(train_iterations=11, raw_logit_errors=True),
+        lambda_ce=0.0,
+        export_official=False,
+    )
+    method.model = ours
+    method.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    drawn: list[tuple[torch.Tensor, torch.Tensor]] = []  # segfm's clicks, (z, y, x)
+    mask_only: list[int] = []
+    sample = sam_med3d_module.sample_error_clicks
+
+    def spy_clicks(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        coords, labels = sample(*args, **kwargs)
+        drawn.append((coords, labels))
+        return coords, labels
+
+    decode = ours.decode
+
+    def spy_decode(embeddings: torch.Tensor, points: Any = None, **kwargs: Any) -> Any:
+        if points is None:
+            mask_only.append(len(drawn) - 1)
+        return decode(embeddings, points=points, **kwargs)
+
+    monkeypatch.setattr(sam_med3d_module, "sample_error_clicks", spy_clicks)
+    ours.decode = spy_decode  # type: ignore[method-assign]
+    batch = _reference_batch()
+    torch.manual_seed(seed)
+    loss = method.training_step(batch, 0)
+    loss.backward()
+    assert len(drawn) == 11 and mask_only[-1] == 10 and len(mask_only) == 2
+    random_insert = mask_only[0]
+
+    # the reference, handed segfm's clicks (transposed to the network's x, y, z)
+    wanted = iter([coords.flip(-1) for coords, _ in drawn])
+    current: list[torch.Tensor] = []
+
+    def draw(points: torch.Tensor) -> int:
+        if not current:
+            current.extend(next(wanted))
+        voxel = current.pop(0)
+        rows = (points[:, 1:] == voxel).all(dim=1).nonzero()
+        assert rows.numel() == 1, f"segfm clicked {voxel.tolist()}, not an error of the original"
+        return int(rows[0, 0])
+
+    clicks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    ref_loss, _ = reference.train_step(
+        ref, to_net(batch["image"]), to_net(batch["label"]), random_insert, draw, 11, clicks
+    )
+    ref_loss.backward()
+    labels = torch.stack([lab[:, 0] for _, lab in clicks])
+    assert torch.equal(labels, torch.stack([lab for _, lab in drawn]))
+    assert bool((labels == 0).any()) and bool((labels == 1).any())  # both kinds of click
+    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-5)
+    ours_norms, ref_norms = _group_norms(ours), _group_norms(ref)
+    for group in GROUPS:
+        assert ours_norms[group] > 0
+        assert ours_norms[group] == pytest.approx(ref_norms[group], rel=1e-5, abs=1e-7), group
 
 
 def _batches(n: int) -> list[dict[str, torch.Tensor]]:
