@@ -230,6 +230,17 @@ class SAMMed3D(BaseTask):
             return label.new_zeros((0, *label.shape[1:]), dtype=torch.bool), label.new_zeros(0)
         return torch.stack(targets), torch.tensor(index, device=label.device)
 
+    def draw_mask_only_steps(self, generator: torch.Generator | None = None) -> set[int]:
+        """The steps given the mask prompt alone: one uniform in 2..8 and the last.
+
+        The original draws ``np.random.randint(2, 9)`` (2..8, the high end excluded) once per
+        batch; with fewer than 9 steps the random one may fall past the end and not occur.
+        """
+        if not self.click_simulation.mask_only_steps:
+            return set()
+        last = self.click_simulation.train_iterations - 1
+        return {last, int(torch.randint(2, 9, (1,), generator=generator))}
+
     def click_loop(
         self, embeddings: Tensor, targets: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -245,9 +256,7 @@ class SAMMed3D(BaseTask):
         """
         options = self.click_simulation
         steps = options.train_iterations
-        mask_only: set[int] = set()
-        if options.mask_only_steps:
-            mask_only = {steps - 1, int(torch.randint(2, 9, (1,), generator=generator))}
+        mask_only = self.draw_mask_only_steps(generator)
         low = empty_low(self.model, targets.shape[0], targets.device)
         pred = torch.zeros_like(targets)
         target = targets[:, None].float()

@@ -9,8 +9,9 @@ only, low-res logits fed back undetached, the loss summed), 343-365 (batch z-sco
 classes, small, loaded into segfm's network) and the same draws: segfm draws its clicks and its
 mask-only step, the reference is handed the same ones and must find each click in its own error
 region and give it the same label. Loss and gradient norm per parameter group must agree within
-1e-5. The last test checks the optimiser step under accumulation (``train.py`` 365-372) against
-Lightning's ``accumulate_grad_batches``.
+1e-5. The statistics tests compare segfm's random draws with the original's rule over many
+draws (seeded, so deterministic). The last test checks the optimiser step under accumulation
+(``train.py`` 365-372) against Lightning's ``accumulate_grad_batches``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import copy
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch.utils.data import DataLoader
 
 import segfm.methods.sam_med3d as sam_med3d_module
@@ -29,6 +32,7 @@ from segfm.inference.click_windows import to_net
 from segfm.methods import SAMMed3D
 from segfm.methods.sam_med3d import ClickSimulation
 from segfm.models import sam_med3d
+from segfm.prompts import sample_error_clicks
 from tests.official import randomize_
 
 SIZE = 32
@@ -160,6 +164,52 @@ def test_training_step_equals_the_original(seed: int, monkeypatch: pytest.Monkey
     for group in GROUPS:
         assert ours_norms[group] > 0
         assert ours_norms[group] == pytest.approx(ref_norms[group], rel=1e-5, abs=1e-7), group
+
+
+def test_clicks_are_uniform_over_the_error_region_positive_iff_missed() -> None:
+    # get_next_click3D_torch_2: a voxel uniform over FN | FP, positive iff in FN
+    target = torch.zeros(5, 6, 7, dtype=torch.bool)
+    target[1:4, 1:4, 1:5] = True  # 36 voxels
+    pred = torch.zeros_like(target)
+    pred[1:4, 1:4, 1:3] = True  # 18 of them found: FN = 18 voxels
+    pred[0, 0, :5] = True  # FP = 5 voxels
+    fn, fp = target & ~pred, pred & ~target
+    error = [tuple(v) for v in torch.argwhere(fn | fp).tolist()]
+    assert len(error) == 23
+    draws = 23 * 400
+    coords, labels = sample_error_clicks(
+        pred.expand(draws, -1, -1, -1),
+        target.expand(draws, -1, -1, -1),
+        generator=torch.Generator().manual_seed(0),
+    )
+    counts = dict.fromkeys(error, 0)
+    for voxel, label in zip(coords.tolist(), labels.tolist(), strict=True):
+        assert tuple(voxel) in counts, voxel  # only errors are clicked
+        counts[tuple(voxel)] += 1
+        assert label == int(fn[tuple(voxel)])  # positive iff a false negative
+    observed = np.array(list(counts.values()))
+    assert stats.chisquare(observed).pvalue > 1e-3  # uniform over the 23 voxels
+    share = labels.float().mean().item()  # positives: |FN| / |FN | FP|
+    assert abs(share - 18 / 23) < 3 * np.sqrt((18 / 23) * (5 / 23) / draws)
+
+
+def test_mask_only_step_is_uniform_like_numpy_randint_2_9() -> None:
+    method = SAMMed3D(arch="tiny", image_size=SIZE, export_official=False)
+    generator = torch.Generator().manual_seed(0)
+    n = 3500
+    steps = []
+    for _ in range(n):
+        drawn = method.draw_mask_only_steps(generator)
+        assert 10 in drawn  # the last of 11 iterations, always
+        steps.append(min(drawn))
+    original = np.random.RandomState(2023).randint(2, 9, size=n)  # train.py line 273
+    assert set(steps) == set(original.tolist()) == set(range(2, 9))
+    observed = np.bincount(steps, minlength=9)[2:]
+    assert stats.chisquare(observed).pvalue > 1e-3  # uniform over 2..8
+    table = np.stack([observed, np.bincount(original, minlength=9)[2:]])
+    assert stats.chi2_contingency(table).pvalue > 1e-3  # the same law as the original's draws
+    method.click_simulation.mask_only_steps = False
+    assert method.draw_mask_only_steps(generator) == set()
 
 
 def _batches(n: int) -> list[dict[str, torch.Tensor]]:
