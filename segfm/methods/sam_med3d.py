@@ -219,8 +219,10 @@ class SAMMed3D(BaseTask):
         """
         targets, index = [], []
         for b in range(label.shape[0]):
-            ids, counts = torch.unique(label[b], return_counts=True)
-            ids = ids[(ids > 0) & (counts >= self.click_simulation.min_target_voxels)]
+            # bincount, not unique: unique sorts every voxel (0.16 s CPU for a 32³ crop)
+            counts = torch.bincount(label[b].flatten().clamp(min=0))
+            ids = torch.nonzero(counts >= self.click_simulation.min_target_voxels).flatten()
+            ids = ids[ids > 0]
             if ids.numel() == 0:
                 continue
             pick = int(torch.randint(ids.numel(), (1,), generator=generator))
