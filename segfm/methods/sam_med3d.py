@@ -31,6 +31,7 @@ from segfm.inference.click_windows import (
 )
 from segfm.methods.base import BaseTask
 from segfm.models import build_sam
+from segfm.models.build_sam import tiny_config
 from segfm.prompts import sample_error_clicks
 from segfm.sample import Batch
 
@@ -87,7 +88,8 @@ class SAMMed3D(BaseTask):
     from ``evaluation.clicks_file``.
 
     Args:
-        arch: ``sam_med3d`` (the released 100M network) or ``tiny`` (tests and demos).
+        arch: ``sam_med3d`` (the released 100M network) or ``tiny`` (tests and demos; its
+            attention windows are no larger than its grid).
         image_size: Side of the cube the network sees (128 for the released weights).
         checkpoint: Initial weights: ``sam_med3d_turbo.pth`` (official layout), a plain state
             dict or a segfm export.
@@ -171,7 +173,14 @@ class SAMMed3D(BaseTask):
     def configure_models(self) -> None:
         """Build the 3D SAM and load the initial weights."""
         if self.arch == "tiny":
-            self.model = build_sam("tiny", spatial_dims=3, image_size=self.image_size)
+            # windows no larger than the grid: a 4³ grid (32³ input) padded to 8³ windows made
+            # the encoder 10x slower (the released network's 14-in-8 padding stays as it is)
+            config = tiny_config(3)
+            grid = max(1, self.image_size // config["patch_size"])
+            window = min(config["window_size"], grid)
+            self.model = build_sam(
+                "tiny", spatial_dims=3, image_size=self.image_size, window_size=window
+            )
         else:
             self.model = build_sam(self.arch, image_size=self.image_size)
         if self.checkpoint:
