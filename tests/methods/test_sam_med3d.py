@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.evaluation.interactive import ClassPrompt, next_click, run_interactive
+from segfm.evaluation.interactive import ClassPrompt, run_interactive
 from segfm.evaluation.options import Evaluation
 from segfm.inference.click_windows import (
     WindowInference,
@@ -53,6 +53,20 @@ def test_zscore_over_positive_voxels(method: SAMMed3D) -> None:
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     method.normalize = "none"
     assert torch.equal(method.normalize_crops(x), x)
+
+
+def test_zscore_batch_uses_one_mean_and_std_over_all_crops(method: SAMMed3D) -> None:
+    # the original: tio.ZNormalization(masking_method=lambda x: x > 0) on the [N, W, H, D] batch
+    gen = np.random.default_rng(3)
+    crops = gen.normal(0.0, 1.0, (3, 1, 5, 6, 7)).astype(np.float32)
+    crops[1] = crops[1] * 4.0 + 6.0  # one crop much brighter than the others
+    values = crops[crops > 0].astype(np.float64)
+    expected = (crops.astype(np.float64) - values.mean()) / values.std(ddof=1)
+    method.normalize = "zscore_batch"
+    out = method.normalize_crops(torch.from_numpy(crops))
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-5, atol=1e-5)
+    method.normalize = "zscore"  # each crop on its own: a different result
+    assert not np.allclose(method.normalize_crops(torch.from_numpy(crops)).numpy(), expected)
 
 
 def test_targets_use_only_classes_large_enough(method: SAMMed3D) -> None:
@@ -243,53 +257,60 @@ def test_bad_arguments(make: Any, match: str) -> None:
         make()
 
 
-def _bright_cubes(generator: torch.Generator, n: int = 4) -> dict[str, torch.Tensor]:
-    label = torch.zeros(n, 1, SIZE, SIZE, SIZE, dtype=torch.long)
-    image = torch.randn(n, 1, SIZE, SIZE, SIZE, generator=generator) * 0.3
-    for b in range(n):
-        centre = torch.randint(8, 24, (3,), generator=generator)
-        r = int(torch.randint(3, 7, (1,), generator=generator))
-        region = (b, 0, *(slice(int(v) - r, int(v) + r) for v in centre))
-        label[region] = 1
-        image[region] += 2.0
-    return {"image": image, "label": label}
+def _one_case() -> dict[str, torch.Tensor]:
+    """A 32³ case: a noisy volume with one brighter ellipsoid (about 1600 voxels) at its centre."""
+    axis = torch.arange(SIZE, dtype=torch.float32) - (SIZE - 1) / 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    target = (z / 7) ** 2 + (y / 9) ** 2 + (x / 6) ** 2 < 1
+    noise = torch.randn(target.shape, generator=torch.Generator().manual_seed(1))
+    image = 0.5 * noise + 2.0 * target.float()
+    return {"image": image[None, None], "label": target[None, None].long()}
 
 
-def test_training_learns_to_segment_from_one_click() -> None:
+def test_overfits_one_case() -> None:
+    # Dice only (lambda_ce 0, the original's loss): the monitored val_dice (the click loop with
+    # seeded clicks, last step) must pass 0.90 within 60 steps. With the loss's target flipped
+    # it stays near 0 (docs/methods/sam_med3d.md).
     torch.manual_seed(0)
     method = SAMMed3D(
         arch="tiny",
         image_size=SIZE,
         click_simulation=ClickSimulation(train_iterations=3),
+        lambda_ce=0.0,
         lr=1e-3,
         decoder_lr_scale=1.0,
+        weight_decay=0.0,
         lr_schedule="constant",
         export_official=False,
     )
     method.log = lambda *args, **kwargs: None  # type: ignore[method-assign]
     optimizer = method.configure_optimizers()
-    generator = torch.Generator().manual_seed(0)
+    batch = _one_case()
 
-    def one_click_dice(batch: dict[str, torch.Tensor]) -> float:
-        scores = []
-        for i in range(batch["image"].shape[0]):
-            volume, target = batch["image"][i, 0], batch["label"][i, 0] == 1
-            click = next_click(np.zeros(target.shape, bool), target.numpy())
-            assert click is not None and click[1]
-            prompts = {1: ClassPrompt(fg=[click[0]])}
-            pred = method.segment_interactive(volume, [1.0] * 3, prompts, None) == 1
-            scores.append(float(2 * (pred & target).sum() / (pred.sum() + target.sum())))
-        return sum(scores) / len(scores)
+    def val_dice() -> float:
+        with torch.no_grad():
+            method._step(batch, 0, "val")
+        score = float(method.val_metrics.compute()["val_dice"])
+        method.val_metrics.reset()
+        return score
 
-    held_out = _bright_cubes(torch.Generator().manual_seed(99))
-    before = one_click_dice(held_out)
+    scores = [val_dice()]
     for step in range(60):
-        loss = method.training_step(_bright_cubes(generator), step)
+        loss = method.training_step(batch, step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = one_click_dice(held_out)
-    assert after > 0.4 and after > before + 0.3, (before, after)
+        if step % 5 == 4:
+            scores.append(val_dice())
+            if scores[-1] >= 0.90:
+                break
+    assert scores[0] < 0.5 and scores[-1] >= 0.90, scores
+    # the inference path with the learnt weights: one click at the centre, a cube on the case
+    volume, label = batch["image"][0, 0], batch["label"][0, 0]
+    result = run_interactive(
+        method.segment_interactive, volume, label, [1.0] * 3, None, num_clicks=1, box=False
+    )
+    assert result.steps[0]["dsc"] >= 0.7, result.steps
 
 
 def test_interactive_box_becomes_a_centre_click_and_the_region(
