@@ -4,7 +4,7 @@ RUN ?= $(shell date +%Y%m%d-%H%M%S)
 DEMO_DATA ?= demo_data
 SEGVOL_CATEGORIES ?= liver,spleen,kidney_left,kidney_right,aorta
 
-.PHONY: install demo demo-seeds demo-segvol demo-biomedparse demo-embedding test bench lint clean
+.PHONY: install demo demo-seeds demo-sam-med3d demo-segvol demo-biomedparse demo-embedding test bench lint clean
 
 install:  ## install segfm with its test tools (CPU torch first, so pip never pulls a CUDA build)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -35,6 +35,14 @@ demo-seeds: install  ## the MedSAM demo once per seed in SEEDS, then the held-ou
 			--ckpt_path runs/medsam_demo/$(RUN)-seed$$seed/checkpoints/last.ckpt || exit 1; \
 	done
 	$(PYTHON) benchmarks/seed_table.py runs/medsam_demo/$(RUN)-seed*
+
+demo-sam-med3d: install  ## tiny SAM-Med3D on the generated CT-like scans: fit, then the 5-click native test
+	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0
+	$(PYTHON) -m segfm fit --config configs/sam_med3d/demo.yaml --data.init_args.root $(DEMO_DATA)/raw \
+		--trainer.logger.init_args.version $(RUN)
+	$(PYTHON) -m segfm test --config configs/sam_med3d/demo.yaml --data.init_args.root $(DEMO_DATA)/raw \
+		--trainer.logger.init_args.version $(RUN) --ckpt_path runs/sam_med3d_demo/$(RUN)/checkpoints/last.ckpt
+	@echo "run folder: runs/sam_med3d_demo/$(RUN)"
 
 demo-segvol: install  ## tiny SegVol on generated M3D-Seg data: build, pseudo masks, fit, zoom-out-zoom-in test
 	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0
