@@ -121,13 +121,13 @@ class BiomedParse(BaseTask):
     per slice ``loss.num_prompts`` (class, random prompt) pairs; for semantic datasets the classes
     are drawn from all the dataset's classes (distinct when there are at least ``num_prompts``,
     else with replacement, :func:`draw_classes`), so absent ones are negatives; for instance
-    datasets the one class ``num_prompts`` times with every instance merged into the target. Loss as the
-    original's ``BiomedParseLossCLS``, per prompt ``cls_coeff * cls + exist * (seg + edge_coeff
-    * edge)``, averaged: ``cls`` the existence BCE (``pos_weight``), ``exist`` 1 when the target
-    is non-empty, so the segmentation and edge losses count only on present targets; ``seg`` and
-    ``edge`` = sigmoid Dice (squared denominator) + BCE against the mask and against the 3x3
-    morphological gradient of the label, the logits upsampled to the label by antialiased bicubic
-    interpolation (:func:`upsample`), as the original.
+    datasets the one class ``num_prompts`` times with every instance merged into the target.
+    Loss as the original's ``BiomedParseLossCLS``, per prompt ``cls_coeff * cls + exist * (seg
+    + edge_coeff * edge)``, averaged: ``cls`` the existence BCE (``pos_weight``), ``exist`` 1
+    when the target is non-empty, so the segmentation and edge losses count only on present
+    targets; ``seg`` and ``edge`` = sigmoid Dice (squared denominator) + BCE against the mask and
+    against the 3x3 morphological gradient of the label, the logits upsampled to the label by
+    antialiased bicubic interpolation (:func:`upsample`), as the original.
 
     Inference (``test`` with the text protocol, ``predict``): one prompt per class, the volume
     segmented slice by slice (:func:`~segfm.inference.volume25d.segment_volume_25d`, options
