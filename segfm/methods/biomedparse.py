@@ -17,7 +17,7 @@ from segfm.checkpoints.biomedparse import load_into
 from segfm.errors import ConfigError
 from segfm.evaluation.options import Evaluation, Protocol
 from segfm.evaluation.writers import write_prediction
-from segfm.inference.volume25d import SliceOptions, segment_volume_25d
+from segfm.inference.volume25d import SliceOptions, segment_volume_25d, upsample
 from segfm.methods.base import BaseTask
 from segfm.models.biomedparse import BiomedParse as Network
 from segfm.models.biomedparse import biomedparse_tiny, biomedparse_v2, load_tokenizer
@@ -47,19 +47,6 @@ def edge_target(label: Tensor) -> Tensor:
     """Edges ``[N, 1, *S]``: 3x3 dilation minus erosion (edges replicated) > 0."""
     x = F.pad(label.float(), (1, 1, 1, 1), mode="replicate")
     return ((F.max_pool2d(x, 3, 1) + F.max_pool2d(-x, 3, 1)) > 0).float()
-
-
-def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
-    """Logits ``[N, 1, h, w]`` resized to ``size`` as the original's loss does.
-
-    Bicubic with ``antialias=True`` (PIL's kernel, ``a = -0.5``, weights renormalised at the
-    borders), and only when the size differs.
-    """
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits.float()
-    return F.interpolate(
-        logits.float(), size=size, mode="bicubic", align_corners=False, antialias=True
-    )
 
 
 def draw_classes(ids: list[int], n: int, instance: bool, rng: random.Random) -> list[int]:

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.inference.volume25d import SliceOptions
+from segfm.inference.volume25d import SliceOptions, upsample
 from segfm.methods.biomedparse import (
     BiomedParse,
     BiomedParseLoss,
     draw_classes,
     edge_target,
     split_instances,
-    upsample,
 )
 from segfm.models.biomedparse import BiomedParseOutput
 from segfm.sample import ClassInfo
