@@ -11,6 +11,7 @@ tests/benchmarks/test_reference_biomedparse.py.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from typing import Any
@@ -178,3 +179,98 @@ def test_gradient_norm_per_group_agrees(both: dict[str, Any]) -> None:
     for group in GROUPS:
         assert ours[group] > 1e-6, group  # every group receives a gradient
         assert ours[group] == pytest.approx(ref[group], abs=ATOL, rel=0), group
+
+
+# ------------------------------------------------------------- prompt simulation statistics
+DRAWS = 3000
+
+
+def _within(observed: float, p: float, n: int, sigmas: float = 4.5) -> bool:
+    return abs(observed - p) <= sigmas * (p * (1 - p) / n) ** 0.5 + 1e-12
+
+
+@functools.cache
+def _method() -> BiomedParse:
+    return BiomedParse(arch="tiny", image_size=SIZE)
+
+
+def _segfm_draws(
+    prompts: dict[str, Any], label: np.ndarray, instance: bool, n: int = DRAWS
+) -> list[list[Any]]:
+    """``n`` slices of segfm's sampling: per slice, (class, prompt, negative) per pair."""
+    method = _method()
+    classes = {
+        int(k): ClassInfo(v[0], tuple(v)) for k, v in prompts.items() if k != "instance_label"
+    }
+    of_text = {t: int(k) for k, v in prompts.items() if k != "instance_label" for t in v}
+    rng, out = random.Random(0), []
+    tensor = torch.from_numpy(label)[None]
+    for _ in range(n):
+        texts, maps = method.sample_prompts(tensor, classes, instance, rng)
+        empty = maps.flatten(1).amax(1) == 0
+        out.append([(of_text[t], t, bool(e)) for t, e in zip(texts, empty, strict=True)])
+    return out
+
+
+def _reference_draws(prompts: dict[str, Any], label: np.ndarray, instance: bool) -> list[list[Any]]:
+    np_random, py_random, out = np.random.RandomState(0), random.Random(0), []
+    for _ in range(DRAWS):
+        joined, ids, mask = sample_slice_targets(
+            label, prompts, int(instance), np_random, py_random
+        )
+        texts = joined.split("[SEP]")
+        out.append([(c, t, not m.any()) for c, t, m in zip(ids, texts, mask, strict=True)])
+    return out
+
+
+def _shares(draws: list[list[Any]]) -> dict[str, float]:
+    pairs = [p for slice_ in draws for p in slice_]
+    shares = {f"class {c}": sum(p[0] == c for p in pairs) / len(pairs) for c in range(1, 6)}
+    shares["negative"] = sum(p[2] for p in pairs) / len(pairs)
+    shares["distinct slices"] = sum(len({p[0] for p in s}) == len(s) for s in draws) / len(draws)
+    shares["one class"] = sum(len({p[0] for p in s}) == 1 for s in draws) / len(draws)
+    return shares
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["5 classes", "3 classes"])
+def test_semantic_prompt_statistics_follow_the_original_rule(which: int) -> None:
+    prompts, _ = DATASETS[which]
+    label = _labels()[which]
+    ours, theirs = _segfm_draws(prompts, label, False), _reference_draws(prompts, label, False)
+    n_classes = len(prompts) - 1
+    present = set(np.unique(label).tolist()) - {0}
+    # the rule, by hand: 4 distinct of 5 (every class in 4/5 of the slices, never a repeat), or
+    # 4 independent uniform draws of 3 (all the same in 3 * (1/3)^4 of the slices)
+    expected = {f"class {c}": 1 / n_classes for c in range(1, n_classes + 1)}
+    expected["negative"] = 1 - len(present) / n_classes
+    expected["distinct slices"] = 1.0 if n_classes >= 4 else 0.0
+    expected["one class"] = 0.0 if n_classes >= 4 else n_classes * (1 / n_classes) ** 4
+    for source in (_shares(ours), _shares(theirs)):
+        for key, p in expected.items():
+            n = DRAWS * (4 if key.startswith(("class", "negative")) else 1)
+            assert _within(source[key], p, n), (key, source[key], p)
+    # each class's prompts are drawn uniformly
+    pairs = [p for s in ours for p in s]
+    for c, texts in ((int(k), v) for k, v in prompts.items() if k != "instance_label"):
+        of_c = [p[1] for p in pairs if p[0] == c]
+        for t in texts:
+            assert _within(of_c.count(t) / len(of_c), 1 / len(texts), len(of_c)), t
+
+
+def test_instance_prompts_and_the_semantic_instance_share() -> None:
+    prompts, _ = DATASETS[2]
+    label = _labels()[2]
+    for draws in (_segfm_draws(prompts, label, True), _reference_draws(prompts, label, True)):
+        assert all([p[0] for p in s] == [1] * 4 and not any(p[2] for p in s) for s in draws[:50])
+        shares = _shares(draws)
+        texts = [p[1] for s in draws for p in s]
+        assert _within(texts.count("Lesion") / len(texts), 0.5, len(texts))
+        assert shares["negative"] == 0.0
+    # an empty instance slice: all four prompts are negatives (existence only)
+    empty = _segfm_draws(prompts, np.zeros_like(label), True, n=10)
+    assert all(p[2] for s in empty for p in s)
+    # every slice, semantic or instance, gives num_prompts pairs (as the original's items), so
+    # a batch's share of instance prompts is its share of instance slices
+    for which, instance in ((0, False), (1, False), (2, True)):
+        draws = _segfm_draws(DATASETS[which][0], _labels()[which], instance, n=20)
+        assert all(len(s) == 4 for s in draws)
