@@ -3,9 +3,10 @@
 BiomedParse v2's 3D inference (the original's ``utils.process_input``,
 ``BiomedParseModel.forward_eval`` and ``process_output``): the volume is encoded slice by slice
 (:func:`~segfm.transforms.encoding25d.encode_volume`, inference path), every slice is decoded for
-every prompt, ``slice_batch_size`` slices at a time; the logits are upsampled bicubically to the
-slice size, passed through a sigmoid, :func:`suppress` per slice, :func:`merge` with a 0.5
-background, and the per-slice label maps are mapped back onto the volume
+every prompt, ``slice_batch_size`` slices at a time; the logits are upsampled to the slice size
+(:func:`upsample`: bicubic with ``antialias=True``, as the original's ``inference.py``), passed
+through a sigmoid, :func:`suppress` per slice, :func:`merge` with a 0.5 background, and the
+per-slice label maps are mapped back onto the volume
 (:func:`~segfm.transforms.encoding25d.decode_slices`).
 """
 
@@ -20,6 +21,19 @@ from torch import Tensor
 
 from segfm.models.biomedparse import BiomedParse
 from segfm.transforms.encoding25d import decode_slices, encode_volume
+
+
+def upsample(logits: Tensor, size: tuple[int, int]) -> Tensor:
+    """Logits ``[N, 1, h, w]`` resized to ``size`` as the original's loss and inference do.
+
+    Bicubic with ``antialias=True`` (PIL's kernel, ``a = -0.5``, weights renormalised at the
+    borders), in float32, and only when the size differs.
+    """
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits.float()
+    return F.interpolate(
+        logits.float(), size=size, mode="bicubic", align_corners=False, antialias=True
+    )
 
 
 @dataclass(frozen=True)
@@ -123,8 +137,7 @@ def segment_volume_25d(
         part = slices[start : start + step]
         n = part.shape[0]
         out = network.decode(network.encode_image(part), text.repeat(1, n, 1), [p] * n, generator)
-        masks = F.interpolate(out.masks.float(), size=(size, size), mode="bicubic")
-        probs = masks.sigmoid().view(n, p, size, size)
+        probs = upsample(out.masks, (size, size)).sigmoid().view(n, p, size, size)
         exist = out.existence.float().sigmoid().view(n, p)
         for i in range(n):
             kept = suppress(probs[i], exist[i], options.existence_threshold, options.nms_iou)

@@ -17,7 +17,7 @@ from segfm.checkpoints.biomedparse import load_into
 from segfm.errors import ConfigError
 from segfm.evaluation.options import Evaluation, Protocol
 from segfm.evaluation.writers import write_prediction
-from segfm.inference.volume25d import SliceOptions, segment_volume_25d
+from segfm.inference.volume25d import SliceOptions, segment_volume_25d, upsample
 from segfm.methods.base import BaseTask
 from segfm.models.biomedparse import BiomedParse as Network
 from segfm.models.biomedparse import biomedparse_tiny, biomedparse_v2, load_tokenizer
@@ -47,6 +47,20 @@ def edge_target(label: Tensor) -> Tensor:
     """Edges ``[N, 1, *S]``: 3x3 dilation minus erosion (edges replicated) > 0."""
     x = F.pad(label.float(), (1, 1, 1, 1), mode="replicate")
     return ((F.max_pool2d(x, 3, 1) + F.max_pool2d(-x, 3, 1)) > 0).float()
+
+
+def draw_classes(ids: list[int], n: int, instance: bool, rng: random.Random) -> list[int]:
+    """The original loader's class draw for one slice.
+
+    Instance datasets: the first class ``n`` times; semantic datasets: ``n`` distinct classes when
+    there are at least ``n``, else ``n`` draws with replacement (``np.random.choice(all_classes,
+    n, replace=len(all_classes) < n)`` in ``BiomedParseDataset.__getitem__``).
+    """
+    if instance:
+        return [ids[0]] * n
+    if len(ids) >= n:
+        return rng.sample(ids, n)
+    return [rng.choice(ids) for _ in range(n)]
 
 
 def split_instances(seg: Tensor) -> Tensor:
@@ -92,13 +106,15 @@ class BiomedParse(BaseTask):
 
     Training (``fit``) on 2.5D slices ``[B, 3, S, S]`` (intensities 0-255 after ``image_scale``):
     per slice ``loss.num_prompts`` (class, random prompt) pairs; for semantic datasets the classes
-    are drawn from all the dataset's classes, so absent ones are negatives; for instance datasets
-    the one class ``num_prompts`` times with every instance merged into the target. Loss as the
-    original's ``BiomedParseLossCLS``, per prompt ``cls_coeff * cls + exist * (seg + edge_coeff
-    * edge)``, averaged: ``cls`` the existence BCE (``pos_weight``), ``exist`` 1 when the target
-    is non-empty, so the segmentation and edge losses count only on present targets; ``seg`` and
-    ``edge`` = sigmoid Dice (squared denominator) + BCE against the mask and against the 3x3
-    morphological gradient of the label, the logits upsampled bicubically to the label.
+    are drawn from all the dataset's classes (distinct when there are at least ``num_prompts``,
+    else with replacement, :func:`draw_classes`), so absent ones are negatives; for instance
+    datasets the one class ``num_prompts`` times with every instance merged into the target.
+    Loss as the original's ``BiomedParseLossCLS``, per prompt ``cls_coeff * cls + exist * (seg
+    + edge_coeff * edge)``, averaged: ``cls`` the existence BCE (``pos_weight``), ``exist`` 1
+    when the target is non-empty, so the segmentation and edge losses count only on present
+    targets; ``seg`` and ``edge`` = sigmoid Dice (squared denominator) + BCE against the mask and
+    against the 3x3 morphological gradient of the label, the logits upsampled to the label by
+    antialiased bicubic interpolation (:func:`upsample`), as the original.
 
     Inference (``test`` with the text protocol, ``predict``): one prompt per class, the volume
     segmented slice by slice (:func:`~segfm.inference.volume25d.segment_volume_25d`, options
@@ -208,15 +224,17 @@ class BiomedParse(BaseTask):
     ) -> tuple[list[str], Tensor]:
         """``num_prompts`` prompts and their label maps ``[P, 1, S, S]`` for one slice."""
         ids = sorted(int(c) for c in classes) or [1]
-        n = self.loss_options.num_prompts
-        picks = [ids[0]] * n if instance else [rng.choice(ids) for _ in range(n)]
         texts, maps = [], []
-        for c in picks:
+        for c in draw_classes(ids, self.loss_options.num_prompts, instance, rng):
             info = classes.get(c)
             options = (info.prompts or (info.name,)) if info is not None else (str(c),)
             texts.append(rng.choice(list(options)))
             maps.append(label * (label > 0) if instance else (label == c).long())
         return texts, torch.stack(maps)
+
+    def prompt_rng(self, seed: int | None) -> random.Random:
+        """Generator of the class and prompt draws: seeded, or from torch's (training)."""
+        return random.Random(int(torch.randint(2**31, ())) if seed is None else seed)
 
     # ------------------------------------------------------------------ training
     def seg_loss(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -230,20 +248,18 @@ class BiomedParse(BaseTask):
     ) -> dict[str, Tensor]:
         """The loss and its terms for predictions and label maps ``[N, 1, S, S]``."""
         weights = self.loss_options
-        size = maps.shape[-2:]
+        size = (maps.shape[-2], maps.shape[-1])
         target = (maps > 0).float()
         exist = target.flatten(1).amax(1)
         pos = torch.tensor(weights.pos_weight, device=existence.device)
         cls = F.binary_cross_entropy_with_logits(
             existence.flatten().float(), exist, pos_weight=pos, reduction="none"
         )
-        up = F.interpolate(masks.float(), size=size, mode="bicubic", align_corners=False)
-        seg = self.seg_loss(up, target)
+        seg = self.seg_loss(upsample(masks, size), target)
         total = weights.cls_coeff * cls + seg * exist
         terms = {"cls": cls.mean(), "seg": seg.mean()}
         if edges is not None and weights.edge_coeff > 0:
-            edge_up = F.interpolate(edges.float(), size=size, mode="bicubic", align_corners=False)
-            edge = self.seg_loss(edge_up, edge_target(maps))
+            edge = self.seg_loss(upsample(edges, size), edge_target(maps))
             total = total + weights.edge_coeff * edge * exist
             terms["edge"] = edge.mean()
         terms["loss"] = total.mean()
@@ -256,11 +272,7 @@ class BiomedParse(BaseTask):
             msg = f"BiomedParse trains on 2.5D slices [B, 3, S, S], got {tuple(images.shape)}"
             raise ConfigError(msg)
         seed = self.sampling_seed + batch_idx if stage != "train" else None
-        rng = (
-            random.Random(seed)
-            if seed is not None
-            else random.Random(int(torch.randint(2**31, ())))
-        )
+        rng = self.prompt_rng(seed)
         texts, maps = [], []
         for b in range(images.shape[0]):
             instance = bool(batch["meta"][b].get("instance", False))

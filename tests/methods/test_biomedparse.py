@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
-from segfm.inference.volume25d import SliceOptions
-from segfm.methods.biomedparse import BiomedParse, BiomedParseLoss, edge_target, split_instances
+from segfm.inference.volume25d import SliceOptions, upsample
+from segfm.methods.biomedparse import (
+    BiomedParse,
+    BiomedParseLoss,
+    draw_classes,
+    edge_target,
+    split_instances,
+)
 from segfm.models.biomedparse import BiomedParseOutput
 from segfm.sample import ClassInfo
 
@@ -17,6 +24,53 @@ from segfm.sample import ClassInfo
 def method() -> BiomedParse:
     loss = BiomedParseLoss(num_prompts=4, edge_coeff=1.0)
     return BiomedParse(arch="tiny", image_size=64, loss=loss)
+
+
+def _keys(x: float, a: float = -0.5) -> float:
+    """Keys' cubic kernel with PIL's ``a = -0.5``."""
+    x = abs(x)
+    if x < 1:
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+    return (((x - 5) * x + 8) * x - 4) * a if x < 2 else 0.0
+
+
+def _pil_bicubic(n_in: int, n_out: int) -> np.ndarray:
+    """Resampling matrix ``[n_out, n_in]`` of PIL's bicubic filter (what antialias=True runs)."""
+    scale = n_in / n_out
+    support, stretch = 2.0 * max(scale, 1.0), 1 / max(scale, 1.0)
+    out = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = scale * (i + 0.5)
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        w = np.array([_keys((j - centre + 0.5) * stretch) for j in range(lo, hi)])
+        out[i, lo:hi] = w / w.sum()  # weights renormalised where the window leaves the image
+    return out
+
+
+def _hand_upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    rows, cols = _pil_bicubic(x.shape[-2], size[0]), _pil_bicubic(x.shape[-1], size[1])
+    out = np.einsum("ij,ncjk,lk->ncil", rows, x.double().numpy(), cols)
+    return torch.from_numpy(out).float()
+
+
+def test_upsample_is_the_antialiased_bicubic_of_the_original() -> None:
+    x = torch.randn(2, 1, 4, 5, generator=torch.Generator().manual_seed(0))
+    expected = _hand_upsample(x, (16, 12))
+    torch.testing.assert_close(upsample(x, (16, 12)), expected, atol=1e-5, rtol=0)
+    plain = torch.nn.functional.interpolate(x, size=(16, 12), mode="bicubic")
+    assert (plain - expected).abs().max() > 0.05  # the plain bicubic is another kernel
+    assert torch.equal(upsample(x, (4, 5)), x)  # same size: untouched, as the original
+
+
+def test_draw_classes_distinct_when_enough() -> None:
+    rng = random.Random(0)
+    for _ in range(200):
+        picks = draw_classes([1, 2, 3, 4, 5], 4, False, rng)
+        assert len(set(picks)) == 4 and set(picks) <= {1, 2, 3, 4, 5}
+        assert sorted(draw_classes([1, 2, 3, 4], 4, False, rng)) == [1, 2, 3, 4]
+    few = [draw_classes([1, 2, 3], 4, False, rng) for _ in range(50)]
+    assert all(len(p) == 4 and set(p) <= {1, 2, 3} for p in few)  # replacement: repeats
+    assert draw_classes([7, 9], 4, True, rng) == [7, 7, 7, 7]
 
 
 def test_edge_target_is_morphological_gradient() -> None:
@@ -45,17 +99,17 @@ def test_loss_terms_weighting(method: BiomedParse) -> None:
         pos_weight=torch.tensor(3.0),
         reduction="none",
     )
-    up = torch.nn.functional.interpolate(masks, size=(16, 16), mode="bicubic")
-    eup = torch.nn.functional.interpolate(edges, size=(16, 16), mode="bicubic")
+    up, eup = _hand_upsample(masks, (16, 16)), _hand_upsample(edges, (16, 16))
     target, edge_t = (maps > 0).float(), edge_target(maps)
     seg0 = method.seg_loss(up[:1], target[:1])[0]
     edge0 = method.seg_loss(eup[:1], edge_t[:1])[0]
     expected = (cls[0] + seg0 + edge0 + cls[1]) / 2  # the empty target: existence loss only
-    torch.testing.assert_close(terms["loss"], expected)
+    torch.testing.assert_close(terms["loss"], expected, atol=1e-5, rtol=1e-5)
     # changing the mask logits of the empty target changes nothing
     masks2 = masks.clone()
     masks2[1] += 5
-    torch.testing.assert_close(method.loss_terms(masks2, edges, existence, maps)["loss"], expected)
+    again = method.loss_terms(masks2, edges, existence, maps)["loss"]
+    torch.testing.assert_close(again, terms["loss"])
     # seg loss itself: perfect logits give ~0 Dice + small BCE
     perfect = (target * 2 - 1) * 50
     assert method.seg_loss(perfect[:1], target[:1]).item() < 1e-3
