@@ -82,6 +82,24 @@ class CoarseOptions:
 
 
 @dataclass(frozen=True)
+class LossRules:
+    """The InfoNCE sampling rules where segfm departs from the original (``segfm.losses.infonce``).
+
+    Args:
+        excluded: Negatives within the exclusion radius ``dropped`` or ``zeroed`` (original).
+        voxels: Queries, keys and negatives among ``valid`` voxels or ``all`` (original).
+        queries: Fine candidate queries among ``valid`` voxels or in the ``overlap_box``
+            (original).
+        exclude_positive: Never use a query's positive as its negative (original: false).
+    """
+
+    excluded: Literal["dropped", "zeroed"] = "dropped"
+    voxels: Literal["valid", "all"] = "valid"
+    queries: Literal["valid", "overlap_box"] = "valid"
+    exclude_positive: bool = True
+
+
+@dataclass(frozen=True)
 class SemanticOptions:
     """SAM++'s semantic steps (:class:`~segfm.losses.SupConMeanLoss`).
 
@@ -119,7 +137,7 @@ class Warmup:
             raise ValueError(msg)
 
 
-DEFAULT_FINE, DEFAULT_COARSE = FineOptions(), CoarseOptions()
+DEFAULT_FINE, DEFAULT_COARSE, DEFAULT_RULES = FineOptions(), CoarseOptions(), LossRules()
 DEFAULT_SEMANTIC, DEFAULT_WARMUP = SemanticOptions(), Warmup()
 
 
@@ -150,6 +168,7 @@ class AnatomicalEmbedding(BaseTask):
         checkpoint: Initial weights (released mmcv file, segfm export).
         fine: Sampling of the fine InfoNCE loss.
         coarse: Sampling of the coarse InfoNCE loss.
+        rules: Sampling rules of both InfoNCE losses (segfm's or the original's).
         temperature: InfoNCE temperature (fine and coarse).
         semantic: SAM++'s semantic steps.
         val_grid_step: Fine-voxel step of the validation query grid.
@@ -173,6 +192,7 @@ class AnatomicalEmbedding(BaseTask):
         checkpoint: str | None = None,
         fine: FineOptions = DEFAULT_FINE,
         coarse: CoarseOptions = DEFAULT_COARSE,
+        rules: LossRules = DEFAULT_RULES,
         temperature: float = 0.5,
         semantic: SemanticOptions = DEFAULT_SEMANTIC,
         val_grid_step: int = 2,
@@ -195,6 +215,7 @@ class AnatomicalEmbedding(BaseTask):
         self.checkpoint = checkpoint
         self.fine = fine
         self.coarse = coarse
+        self.rules = rules
         self.semantic = semantic
         self.temperature = temperature
         self.val_grid_step = val_grid_step
@@ -210,6 +231,7 @@ class AnatomicalEmbedding(BaseTask):
         self.hparams.update(
             fine=asdict(fine),
             coarse=asdict(coarse),
+            rules=asdict(rules),
             semantic=asdict(semantic),
             warmup=asdict(warmup),
         )
@@ -228,8 +250,10 @@ class AnatomicalEmbedding(BaseTask):
 
     def configure_losses(self) -> None:
         """The fine, coarse and semantic losses."""
-        self.fine_loss = FineInfoNCELoss(**asdict(self.fine), temperature=self.temperature)
-        self.coarse_loss = CoarseInfoNCELoss(**asdict(self.coarse), temperature=self.temperature)
+        rules, tau = asdict(self.rules), self.temperature
+        self.fine_loss = FineInfoNCELoss(**asdict(self.fine), **rules, temperature=tau)
+        del rules["queries"]  # fine loss only
+        self.coarse_loss = CoarseInfoNCELoss(**asdict(self.coarse), **rules, temperature=tau)
         self.semantic_loss = SupConMeanLoss(self.semantic.temperature)
 
     def configure_optimizers(self) -> Any:
@@ -253,8 +277,8 @@ class AnatomicalEmbedding(BaseTask):
             raise ValueError(msg)
         return self.model(x), _pairs(batch, "position"), _pairs(batch, "valid")
 
-    def sam_loss(self, batch: Batch) -> dict[str, Tensor]:
-        """Fine and coarse InfoNCE losses of a batch of pairs."""
+    def sam_loss(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Fine and coarse InfoNCE losses of a batch of pairs (random draws from ``generator``)."""
         out, pos, valid = self._embed_pairs(batch)
         fine_pos, coarse_pos = _pool(pos, FINE_STRIDE), _pool(pos, COARSE_STRIDE)
         fine_valid = _pool(valid, FINE_STRIDE)[:, 0] > 0.5
@@ -266,11 +290,12 @@ class AnatomicalEmbedding(BaseTask):
                 (coarse[i], coarse[i + 1]),
                 (fine_pos[i], fine_pos[i + 1]),
                 (fine_valid[i], fine_valid[i + 1]),
+                generator,
             )
             for i in range(0, fine.shape[0], 2)
         ]
         fine_loss = torch.stack(losses).mean()
-        coarse_loss = self.coarse_loss(coarse, coarse_pos, coarse_valid)
+        coarse_loss = self.coarse_loss(coarse, coarse_pos, coarse_valid, generator)
         return {"loss": fine_loss + coarse_loss, "fine_loss": fine_loss, "coarse_loss": coarse_loss}
 
     def sam_pp_semantic_loss(self, batch: Batch) -> dict[str, Tensor]:
