@@ -66,14 +66,14 @@ def hard_negatives(
         ``[Q, min(count, hard_pool, N)]`` negative logits (``-inf`` where none is left).
     """
     if excluded == "dropped":
-        rank = score.masked_fill(exclude, float("-inf"))
-        logits = logits.masked_fill(exclude, float("-inf"))
+        drop = exclude if unused is None else exclude | unused
+        rank = score.masked_fill(drop, float("-inf"))
     else:
         rank = score.masked_fill(exclude, 0.0)
+        if unused is not None:
+            rank.masked_fill_(unused, float("-inf"))
         if zero_logits:
             logits = logits.masked_fill(exclude, 0.0)
-    if unused is not None:
-        rank = rank.masked_fill(unused, float("-inf"))
     pool = min(hard_pool, score.shape[1])
     top, top_index = rank.topk(pool, dim=1)
     allowed = torch.isfinite(top).sum(1).tolist()
