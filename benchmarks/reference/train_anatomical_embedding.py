@@ -333,3 +333,53 @@ def coarse_loss_fn(
         labels = torch.zeros(logits.shape[0], dtype=torch.long)
         total = total + F.cross_entropy(logits, labels)
     return total / (b / 2)
+
+
+def sam_pp_semantic_loss(
+    feats: list[list[Tensor]], masks: list[Tensor], temperature: float = 0.1
+) -> Tensor:
+    """SAM++'s inter-volume step: ``loss_inter`` and ``single_inter_loss``.
+
+    ``sam/models/frameworks/sam_v2_uniform_cross_volume_mask_dual_head_mean_vector.py`` lines
+    95-130 (``forward_train``: with ``np.random.rand() < 0.4`` the labelled images are embedded
+    one at a time, ``extract_feat(image.unsqueeze(0))``, and this loss replaces the SAM loss),
+    162-195 (``loss_inter``, ``single_inter_loss``) and 663-673 (``get_mean_vector``), with
+    ``SupConMeanLoss.forward`` of ``sam/models/losses/supconloss.py`` lines 328-385
+    (``temperature`` 0.1 and ``base_temperature`` 1.0 in ``configs/samv2/samv2_NIHLN.py``).
+
+    Args:
+        feats: Per image (pairs ``2i``, ``2i + 1``), the outputs ``[fine, coarse, semantic]`` of
+            the network run on that image alone (each ``[1, C, d, h, w]``).
+        masks: Per image, its label map ``[1, D, H, W]`` (0 = background).
+        temperature: SupConMean temperature.
+
+    Returns:
+        The loss (0-d), averaged over the pairs.
+    """
+    total = 0.0
+    n = len(feats)
+    for i in range(n // 2):
+        views, labels = [], []
+        for j in (2 * i, 2 * i + 1):
+            sem = feats[j][2]
+            views.append(sem.reshape(sem.shape[1], -1).unsqueeze(1).permute(2, 1, 0))  # [N, 1, C]
+            mask = F.interpolate(masks[j].float().unsqueeze(0), size=sem.shape[2:]).view(-1)
+            labels.append(mask)
+        fine_feats, fine_labels = torch.cat(views, dim=0), torch.cat(labels, dim=0)
+        # get_mean_vector
+        organs = [label for label in torch.unique(fine_labels).tolist() if label > 0]
+        protos = torch.stack(
+            [fine_feats[torch.where(fine_labels == label)[0], 0, :].mean(dim=0) for label in organs]
+        )
+        proto_labels = torch.tensor(organs)
+        # SupConMeanLoss.forward
+        mask_p_f = torch.eq(proto_labels.view(-1, 1), fine_labels.view(-1, 1).T).float()
+        features = fine_feats.squeeze(1)
+        dots = torch.matmul(protos, features.T) / temperature
+        logits = dots - dots.max(dim=1, keepdim=True)[0].max().detach()
+        log_prob = logits - torch.log(torch.exp(logits).sum(1, keepdim=True))
+        uses = mask_p_f.sum(1) > 0
+        mask_p_f, log_prob = mask_p_f[uses, :], log_prob[uses, :]
+        mean_log_prob_pos = (mask_p_f * log_prob).sum(1) / mask_p_f.sum(1)
+        total = total + (-1.0 * mean_log_prob_pos).mean()
+    return total / (n // 2)

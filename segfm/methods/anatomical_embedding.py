@@ -301,7 +301,7 @@ class AnatomicalEmbedding(BaseTask):
     def sam_pp_semantic_loss(self, batch: Batch) -> dict[str, Tensor]:
         """SupConMean loss of the semantic embeddings of labelled inter-volume pairs."""
         x, labels = _pairs(batch, "view"), _pairs(batch, "label")
-        sem = self.model(x)["semantic"]
+        sem = torch.cat([self.model(v[None])["semantic"] for v in x])  # per image, as the original
         labels = F.interpolate(labels.float(), size=sem.shape[2:], mode="nearest").long()
         losses = []
         for i in range(0, sem.shape[0], 2):

@@ -9,6 +9,10 @@ which uses the official key names) and the same random draws (one seeded generat
 in the original's order). segfm runs with the original's sampling rules
 (``LossRules(excluded="zeroed", voxels="all", queries="overlap_box", exclude_positive=False)``);
 its default rules are shown to give another loss, so the comparison can fail.
+
+SAM++'s semantic step is compared with ``sam_pp_semantic_loss`` of the same reference
+(``sam_v2_uniform_cross_volume_mask_dual_head_mean_vector.py`` lines 95-195 and 663-673,
+``supconloss.py`` lines 328-385), and its frequency with the original's ``p < 0.4`` rule.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import pytest
 import torch
 
 from benchmarks.reference.anatomical_embedding import build_sam
-from benchmarks.reference.train_anatomical_embedding import sam_loss
+from benchmarks.reference.train_anatomical_embedding import sam_loss, sam_pp_semantic_loss
 from segfm.methods.anatomical_embedding import (
     AnatomicalEmbedding,
     CoarseOptions,
@@ -40,7 +44,7 @@ CFG = SimpleNamespace(
 )  # fmt: skip
 FINE = FineOptions(2.0, 20.0, 300, 40, 400, 100)
 COARSE = CoarseOptions(25.0, 5.0, (8.0, 6.0), 20, 10, 12)
-GROUPS = ("backbone.", "neck.", "read_out_head.")
+GROUPS = ("backbone.", "neck.", "read_out_head.", "semantic_head.")
 
 
 def _positions(spacing: float, origin: tuple[float, float, float], angle: float) -> torch.Tensor:
@@ -85,8 +89,10 @@ def _reference(task: AnatomicalEmbedding, batch: dict, seed: int) -> tuple[float
 def _grad_norms(net: torch.nn.Module) -> dict[str, float]:
     grads = {g: [] for g in GROUPS}
     for name, p in net.named_parameters():
+        if p.grad is None:  # a head the loss does not use
+            continue
         grads[next(g for g in GROUPS if name.startswith(g))].append(p.grad.flatten())
-    return {g: float(torch.cat(v).norm()) for g, v in grads.items()}
+    return {g: float(torch.cat(v).norm()) if v else 0.0 for g, v in grads.items()}
 
 
 def _segfm(rules: LossRules, batch: dict, seed: int) -> tuple[dict, dict, AnatomicalEmbedding]:
@@ -110,7 +116,7 @@ def test_loss_and_gradients_match_the_original_step(seed: int) -> None:
     batch = _batch(seed)
     parts, norms, task = _segfm(ORIGINAL, batch, seed)
     ref, ref_norms = _reference(task, batch, seed)
-    assert all(norms[g] > 0 for g in GROUPS) and float(ref["coarse_loss"].detach()) > 0
+    assert all(norms[g] > 0 for g in GROUPS[:3]) and float(ref["coarse_loss"].detach()) > 0
     assert _same(parts, norms, ref, ref_norms), (
         {k: (float(parts[k].detach()), float(ref[k].detach())) for k in ref},
         norms,
@@ -129,3 +135,60 @@ def test_each_segfm_rule_changes_the_step() -> None:
     # and another random draw does too
     other, other_norms, _ = _segfm(ORIGINAL, batch, 1)
     assert not _same(other, other_norms, parts, norms)
+
+
+def _semantic_batch() -> dict[str, torch.Tensor]:
+    """Two labelled inter-volume pairs of 16x32x32 voxels, organs 1-3 as boxes."""
+    g = torch.Generator().manual_seed(3)
+    b = {}
+    for v in (1, 2):
+        b[f"view{v}"] = torch.randn(2, 1, *SHAPE, generator=g)
+        label = torch.zeros(2, 1, *SHAPE, dtype=torch.long)
+        for organ in (1, 2, 3):
+            z, y, x = (int(torch.randint(0, n - n // 3, (), generator=g)) for n in SHAPE)
+            label[:, :, z : z + 6, y : y + 12, x : x + 12] = organ
+        b[f"label{v}"] = label
+    return b
+
+
+def test_semantic_step_matches_the_original() -> None:
+    torch.manual_seed(0)
+    task = AnatomicalEmbedding(stage="sam_pp", arch="tiny_pp").train()
+    ref = build_sam(semantic=True, base_channels=4, out_channels=16, half_outputs=False)
+    ref.load_state_dict(task.model.state_dict(), strict=True)
+    ref.train()
+    batch = _semantic_batch()
+    loss = task.sam_pp_semantic_loss(batch)["loss"]
+    loss.backward()
+    images = torch.stack([batch["view1"], batch["view2"]], 1).flatten(0, 1)
+    labels = torch.stack([batch["label1"], batch["label2"]], 1).flatten(0, 1)
+    # the original embeds each labelled image alone (batch-norm statistics of one image)
+    expected = sam_pp_semantic_loss([ref(x[None]) for x in images], list(labels))
+    expected.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    norms, ref_norms = _grad_norms(task.model), _grad_norms(ref)
+    assert norms["backbone."] > 0
+    for group in GROUPS:
+        assert norms[group] == pytest.approx(ref_norms[group], rel=1e-5, abs=1e-6), group
+    sem = dict(task.model.named_parameters())["semantic_head.fpn_convs.0.conv.weight"].grad
+    ref_sem = dict(ref.named_parameters())["semantic_head.fpn_convs.0.conv.weight"].grad
+    torch.testing.assert_close(sem, ref_sem, atol=1e-5, rtol=1e-4)
+
+
+def test_semantic_steps_come_with_the_original_probability(monkeypatch: pytest.MonkeyPatch) -> None:
+    task = AnatomicalEmbedding(stage="sam_pp", arch="tiny_pp")
+    chosen: list[str] = []
+    one = torch.ones((), requires_grad=True)
+    monkeypatch.setattr(
+        task, "sam_pp_semantic_loss", lambda b: chosen.append("sem") or {"loss": one}
+    )
+    monkeypatch.setattr(task, "sam_loss", lambda b: chosen.append("sam") or
+                        {"loss": one, "fine_loss": one, "coarse_loss": one})  # fmt: skip
+    monkeypatch.setattr(task, "log", lambda *a, **k: None)
+    batch = {"intra": {"view1": torch.zeros(1)}, "semantic": {"view1": torch.zeros(1)}}
+    torch.manual_seed(0)
+    n = 2000
+    for _ in range(n):
+        task._step(batch, 0, "train")
+    share = chosen.count("sem") / n
+    assert abs(share - 0.4) < 4 * math.sqrt(0.4 * 0.6 / n), share  # Bernoulli(0.4)
