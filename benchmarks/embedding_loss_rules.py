@@ -20,8 +20,9 @@ same after ``--steps`` SGD steps with segfm's rules on other generated batches.
 
 Inputs: ``data_tools.synthetic_embedding`` volumes of 48x128x128 voxels at 2 mm; six pairs of
 views of ``--patch`` voxels (32x64x64 by default, 44 % of the original's 32x96x96, which takes
-about twice as long; fewer than 250 coarse voxels per pair crash the original's ``topk``) at 2 mm x U(0.8, 1.2), 20 % independent, drawn by
-``EmbeddingPairDataModule``; the published loss settings (``sam_NIHLN.py``).
+about twice as long; fewer than 250 coarse voxels per pair crash the original's ``topk``) at
+2 mm x U(0.8, 1.2), 20 % independent, drawn by ``EmbeddingPairDataModule``; the published loss
+settings (``sam_NIHLN.py``).
 """
 
 from __future__ import annotations
