@@ -141,10 +141,11 @@ def _table(title: str, out: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Print one table per weight state."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100, help="training steps of the 2nd state")
+    parser.add_argument("--steps", type=int, default=60, help="training steps of the 2nd state")
     parser.add_argument("--seeds", type=int, default=2, help="repeats (random draws)")
     parser.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64), help="view z y x")
     parser.add_argument("--quick", action="store_true", help="fewer steps")
+    parser.add_argument("--state", choices=("both", "untrained", "trained"), default="both")
     a = parser.parse_args(argv)
     patch, steps = tuple(a.patch), 10 if a.quick else a.steps
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     task.train()
     valid = torch.cat([batch["valid1"], batch["valid2"]]).float().mean()
     print(f"batch: 6 pairs of {patch} voxels, {100 * (1 - valid):.1f} % outside the volume\n")
-    print(_table("Untrained tiny network", _measure(task, batch, a.seeds)), "\n", flush=True)
+    if a.state in ("both", "untrained"):
+        print(_table("Untrained tiny network", _measure(task, batch, a.seeds)), "\n", flush=True)
+    if a.state == "untrained":
+        return
     opt = torch.optim.SGD(task.model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
     losses = []
     for b in train:

@@ -192,3 +192,16 @@ def test_semantic_steps_come_with_the_original_probability(monkeypatch: pytest.M
         task._step(batch, 0, "train")
     share = chosen.count("sem") / n
     assert abs(share - 0.4) < 4 * math.sqrt(0.4 * 0.6 / n), share  # Bernoulli(0.4)
+
+
+def test_every_parameter_is_trained_by_sgd_with_weight_decay() -> None:
+    # the original freezes nothing (ResNet3d frozen_stages=-1, norm_eval=False) and gives every
+    # parameter to one SGD (lr 0.02, momentum 0.9, weight decay 1e-4; sam_deeplesion.py l. 126)
+    task = AnatomicalEmbedding(stage="sam_pp", arch="tiny_pp")
+    opt = task.configure_optimizers()["optimizer"]
+    assert len(opt.param_groups) == 1
+    group = opt.param_groups[0]
+    assert group["lr"] == pytest.approx(0.02 * 0.001)  # the first warm-up step
+    assert (group["initial_lr"], group["momentum"], group["weight_decay"]) == (0.02, 0.9, 1e-4)
+    assert {id(p) for p in group["params"]} == {id(p) for p in task.model.parameters()}
+    assert all(p.requires_grad for p in task.model.parameters())
