@@ -35,8 +35,13 @@ def _pairs(batch: Batch, key: str) -> Tensor:
 
 
 def _pool(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
-    """Average over each embedding voxel's block of input voxels (positions, validity)."""
+    """Positions ``[B, 3, *S]`` averaged over each embedding voxel's block of input voxels."""
     return F.avg_pool3d(x.float(), kernel_size=stride, stride=stride)
+
+
+def _first(valid: Tensor, stride: tuple[int, int, int]) -> Tensor:
+    """Validity ``[B, *S]`` of each block's first voxel (the original's nearest interpolation)."""
+    return valid[:, 0, :: stride[0], :: stride[1], :: stride[2]].bool()
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,7 @@ class LossRules:
     Args:
         excluded: Negatives within the exclusion radius ``dropped`` or ``zeroed`` (original).
         voxels: Queries, keys and negatives among ``valid`` voxels or ``all`` (original).
-        queries: Fine candidate queries among ``valid`` voxels or in the ``overlap_box``
-            (original).
+        queries: Fine candidate queries among ``valid`` voxels or in the ``overlap_box`` (original).
         exclude_positive: Never use a query's positive as its negative (original: false).
     """
 
@@ -145,21 +149,17 @@ class AnatomicalEmbedding(BaseTask):
     """SAM (Yan et al., 2022), SAM++ / UAE-S and Cross-SAM / UAE-M on two-view pair batches.
 
     ``stage`` picks the loss: ``sam``, ``cross_sam_intra`` and ``cross_sam_inter`` use the fine
-    InfoNCE + coarse InfoNCE losses (:mod:`segfm.losses.infonce`) on the pairs the data module
-    yields (intra-volume, aggressively augmented intra-volume, or registered CT-MR pairs: the
-    Cross-SAM stages differ by their data, see ``configs/anatomical_embedding``); ``sam_pp``
-    uses, at each step, the semantic prototype loss (:class:`~segfm.losses.SupConMeanLoss` on
-    the ``semantic`` head) with probability ``semantic.prob`` on the labelled inter-volume
-    pairs, else the SAM loss; the two are never summed. Optimiser: SGD with linear warm-up over
-    ``warmup.iters`` steps from ``warmup.ratio * lr``, then constant (the official configs).
+    + coarse InfoNCE losses (:mod:`segfm.losses.infonce`) on the pairs the data module yields
+    (the Cross-SAM stages differ by their data, see ``configs/anatomical_embedding``); ``sam_pp``
+    uses, at each step, the semantic prototype loss (:class:`~segfm.losses.SupConMeanLoss` on the
+    ``semantic`` head) with probability ``semantic.prob`` on the labelled inter-volume pairs,
+    else the SAM loss; never summed. Optimiser: SGD, linear warm-up, then constant.
 
     Validation: every ``val_grid_step``-th fine voxel of view 1 whose true position is covered
     by view 2 is matched to the view-2 fine voxel of highest (fine + coarse) / 2 similarity;
     ``val_med`` is the mean distance in mm between the matched and the true position, and
     ``val_med_identity`` that of matching each point to the same voxel index (the baseline).
-
-    Predict: whole volumes to ``<output_dir>/embeddings/<case_id>.h5``
-    (:mod:`segfm.data.io.embeddings_h5`), with the grid's spacing and affine.
+    Predict: whole volumes to ``<output_dir>/embeddings/<case_id>.h5``.
 
     Args:
         stage: ``sam``, ``sam_pp``, ``cross_sam_intra`` or ``cross_sam_inter``.
@@ -281,8 +281,7 @@ class AnatomicalEmbedding(BaseTask):
         """Fine and coarse InfoNCE losses of a batch of pairs (random draws from ``generator``)."""
         out, pos, valid = self._embed_pairs(batch)
         fine_pos, coarse_pos = _pool(pos, FINE_STRIDE), _pool(pos, COARSE_STRIDE)
-        fine_valid = _pool(valid, FINE_STRIDE)[:, 0] > 0.5
-        coarse_valid = _pool(valid, COARSE_STRIDE)[:, 0] > 0.5
+        fine_valid, coarse_valid = _first(valid, FINE_STRIDE), _first(valid, COARSE_STRIDE)
         fine, coarse = out["fine"], out["coarse"]
         losses = [
             self.fine_loss(
@@ -337,7 +336,7 @@ class AnatomicalEmbedding(BaseTask):
         """
         out, pos, valid = self._embed_pairs(batch)
         fine_pos = _pool(pos, FINE_STRIDE)
-        fine_valid = _pool(valid, FINE_STRIDE)[:, 0] > 0.5
+        fine_valid = _first(valid, FINE_STRIDE)
         step = self.val_grid_step
         coarse = F.normalize(
             F.interpolate(out["coarse"], size=out["fine"].shape[2:], mode="trilinear"), dim=1

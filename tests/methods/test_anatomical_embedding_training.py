@@ -69,8 +69,9 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
             b.setdefault(f"view{v}", []).append(torch.randn(1, *SHAPE, generator=g))
             b.setdefault(f"position{v}", []).append(_positions(spacing, origin, angle))
             b.setdefault(f"valid{v}", []).append(torch.ones(1, *SHAPE, dtype=torch.bool))
-    # whole coarse blocks (4x16x16) outside the volume: both validity poolings agree there
-    b["valid2"][1][:, :, :, 16:] = False
+    # the volume's border cuts one view mid-block (x >= 13, z >= 11; blocks are 2 and 4x16x16)
+    b["valid2"][1][:, :, :, 13:] = False
+    b["valid1"][1][:, 11:] = False
     return {k: torch.stack(x) for k, x in b.items()}
 
 
