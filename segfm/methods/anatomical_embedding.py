@@ -35,8 +35,13 @@ def _pairs(batch: Batch, key: str) -> Tensor:
 
 
 def _pool(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
-    """Average over each embedding voxel's block of input voxels (positions, validity)."""
+    """Positions ``[B, 3, *S]`` averaged over each embedding voxel's block of input voxels."""
     return F.avg_pool3d(x.float(), kernel_size=stride, stride=stride)
+
+
+def _first(valid: Tensor, stride: tuple[int, int, int]) -> Tensor:
+    """Validity ``[B, *S]`` of each block's first voxel (the original's nearest interpolation)."""
+    return valid[:, 0, :: stride[0], :: stride[1], :: stride[2]].bool()
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,23 @@ class CoarseOptions:
 
 
 @dataclass(frozen=True)
+class LossRules:
+    """The InfoNCE sampling rules where segfm departs from the original (``segfm.losses.infonce``).
+
+    Args:
+        excluded: Negatives within the exclusion radius ``dropped`` or ``zeroed`` (original).
+        voxels: Queries, keys and negatives among ``valid`` voxels or ``all`` (original).
+        queries: Fine candidate queries among ``valid`` voxels or in the ``overlap_box`` (original).
+        exclude_positive: Never use a query's positive as its negative (original: false).
+    """
+
+    excluded: Literal["dropped", "zeroed"] = "dropped"
+    voxels: Literal["valid", "all"] = "valid"
+    queries: Literal["valid", "overlap_box"] = "valid"
+    exclude_positive: bool = True
+
+
+@dataclass(frozen=True)
 class SemanticOptions:
     """SAM++'s semantic steps (:class:`~segfm.losses.SupConMeanLoss`).
 
@@ -119,7 +141,7 @@ class Warmup:
             raise ValueError(msg)
 
 
-DEFAULT_FINE, DEFAULT_COARSE = FineOptions(), CoarseOptions()
+DEFAULT_FINE, DEFAULT_COARSE, DEFAULT_RULES = FineOptions(), CoarseOptions(), LossRules()
 DEFAULT_SEMANTIC, DEFAULT_WARMUP = SemanticOptions(), Warmup()
 
 
@@ -127,21 +149,17 @@ class AnatomicalEmbedding(BaseTask):
     """SAM (Yan et al., 2022), SAM++ / UAE-S and Cross-SAM / UAE-M on two-view pair batches.
 
     ``stage`` picks the loss: ``sam``, ``cross_sam_intra`` and ``cross_sam_inter`` use the fine
-    InfoNCE + coarse InfoNCE losses (:mod:`segfm.losses.infonce`) on the pairs the data module
-    yields (intra-volume, aggressively augmented intra-volume, or registered CT-MR pairs: the
-    Cross-SAM stages differ by their data, see ``configs/anatomical_embedding``); ``sam_pp``
-    uses, at each step, the semantic prototype loss (:class:`~segfm.losses.SupConMeanLoss` on
-    the ``semantic`` head) with probability ``semantic.prob`` on the labelled inter-volume
-    pairs, else the SAM loss; the two are never summed. Optimiser: SGD with linear warm-up over
-    ``warmup.iters`` steps from ``warmup.ratio * lr``, then constant (the official configs).
+    + coarse InfoNCE losses (:mod:`segfm.losses.infonce`) on the pairs the data module yields
+    (the Cross-SAM stages differ by their data, see ``configs/anatomical_embedding``); ``sam_pp``
+    uses, at each step, the semantic prototype loss (:class:`~segfm.losses.SupConMeanLoss` on the
+    ``semantic`` head) with probability ``semantic.prob`` on the labelled inter-volume pairs,
+    else the SAM loss; never summed. Optimiser: SGD, linear warm-up, then constant.
 
     Validation: every ``val_grid_step``-th fine voxel of view 1 whose true position is covered
     by view 2 is matched to the view-2 fine voxel of highest (fine + coarse) / 2 similarity;
     ``val_med`` is the mean distance in mm between the matched and the true position, and
     ``val_med_identity`` that of matching each point to the same voxel index (the baseline).
-
-    Predict: whole volumes to ``<output_dir>/embeddings/<case_id>.h5``
-    (:mod:`segfm.data.io.embeddings_h5`), with the grid's spacing and affine.
+    Predict: whole volumes to ``<output_dir>/embeddings/<case_id>.h5``.
 
     Args:
         stage: ``sam``, ``sam_pp``, ``cross_sam_intra`` or ``cross_sam_inter``.
@@ -150,6 +168,7 @@ class AnatomicalEmbedding(BaseTask):
         checkpoint: Initial weights (released mmcv file, segfm export).
         fine: Sampling of the fine InfoNCE loss.
         coarse: Sampling of the coarse InfoNCE loss.
+        rules: Sampling rules of both InfoNCE losses (segfm's or the original's).
         temperature: InfoNCE temperature (fine and coarse).
         semantic: SAM++'s semantic steps.
         val_grid_step: Fine-voxel step of the validation query grid.
@@ -173,6 +192,7 @@ class AnatomicalEmbedding(BaseTask):
         checkpoint: str | None = None,
         fine: FineOptions = DEFAULT_FINE,
         coarse: CoarseOptions = DEFAULT_COARSE,
+        rules: LossRules = DEFAULT_RULES,
         temperature: float = 0.5,
         semantic: SemanticOptions = DEFAULT_SEMANTIC,
         val_grid_step: int = 2,
@@ -195,6 +215,7 @@ class AnatomicalEmbedding(BaseTask):
         self.checkpoint = checkpoint
         self.fine = fine
         self.coarse = coarse
+        self.rules = rules
         self.semantic = semantic
         self.temperature = temperature
         self.val_grid_step = val_grid_step
@@ -210,6 +231,7 @@ class AnatomicalEmbedding(BaseTask):
         self.hparams.update(
             fine=asdict(fine),
             coarse=asdict(coarse),
+            rules=asdict(rules),
             semantic=asdict(semantic),
             warmup=asdict(warmup),
         )
@@ -228,8 +250,10 @@ class AnatomicalEmbedding(BaseTask):
 
     def configure_losses(self) -> None:
         """The fine, coarse and semantic losses."""
-        self.fine_loss = FineInfoNCELoss(**asdict(self.fine), temperature=self.temperature)
-        self.coarse_loss = CoarseInfoNCELoss(**asdict(self.coarse), temperature=self.temperature)
+        rules, tau = asdict(self.rules), self.temperature
+        self.fine_loss = FineInfoNCELoss(**asdict(self.fine), **rules, temperature=tau)
+        del rules["queries"]  # fine loss only
+        self.coarse_loss = CoarseInfoNCELoss(**asdict(self.coarse), **rules, temperature=tau)
         self.semantic_loss = SupConMeanLoss(self.semantic.temperature)
 
     def configure_optimizers(self) -> Any:
@@ -253,12 +277,11 @@ class AnatomicalEmbedding(BaseTask):
             raise ValueError(msg)
         return self.model(x), _pairs(batch, "position"), _pairs(batch, "valid")
 
-    def sam_loss(self, batch: Batch) -> dict[str, Tensor]:
-        """Fine and coarse InfoNCE losses of a batch of pairs."""
+    def sam_loss(self, batch: Batch, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Fine and coarse InfoNCE losses of a batch of pairs (random draws from ``generator``)."""
         out, pos, valid = self._embed_pairs(batch)
         fine_pos, coarse_pos = _pool(pos, FINE_STRIDE), _pool(pos, COARSE_STRIDE)
-        fine_valid = _pool(valid, FINE_STRIDE)[:, 0] > 0.5
-        coarse_valid = _pool(valid, COARSE_STRIDE)[:, 0] > 0.5
+        fine_valid, coarse_valid = _first(valid, FINE_STRIDE), _first(valid, COARSE_STRIDE)
         fine, coarse = out["fine"], out["coarse"]
         losses = [
             self.fine_loss(
@@ -266,17 +289,18 @@ class AnatomicalEmbedding(BaseTask):
                 (coarse[i], coarse[i + 1]),
                 (fine_pos[i], fine_pos[i + 1]),
                 (fine_valid[i], fine_valid[i + 1]),
+                generator,
             )
             for i in range(0, fine.shape[0], 2)
         ]
         fine_loss = torch.stack(losses).mean()
-        coarse_loss = self.coarse_loss(coarse, coarse_pos, coarse_valid)
+        coarse_loss = self.coarse_loss(coarse, coarse_pos, coarse_valid, generator)
         return {"loss": fine_loss + coarse_loss, "fine_loss": fine_loss, "coarse_loss": coarse_loss}
 
     def sam_pp_semantic_loss(self, batch: Batch) -> dict[str, Tensor]:
         """SupConMean loss of the semantic embeddings of labelled inter-volume pairs."""
         x, labels = _pairs(batch, "view"), _pairs(batch, "label")
-        sem = self.model(x)["semantic"]
+        sem = torch.cat([self.model(v[None])["semantic"] for v in x])  # per image, as the original
         labels = F.interpolate(labels.float(), size=sem.shape[2:], mode="nearest").long()
         losses = []
         for i in range(0, sem.shape[0], 2):
@@ -312,7 +336,7 @@ class AnatomicalEmbedding(BaseTask):
         """
         out, pos, valid = self._embed_pairs(batch)
         fine_pos = _pool(pos, FINE_STRIDE)
-        fine_valid = _pool(valid, FINE_STRIDE)[:, 0] > 0.5
+        fine_valid = _first(valid, FINE_STRIDE)
         step = self.val_grid_step
         coarse = F.normalize(
             F.interpolate(out["coarse"], size=out["fine"].shape[2:], mode="trilinear"), dim=1
