@@ -76,20 +76,46 @@ def untracked_meta() -> Iterator[None]:
         set_track_meta(tracked)
 
 
+def _resize_or_crop(
+    keys: list[str], size: tuple[int, ...], modes: list[str], crop_prob: float
+) -> Transform:
+    """A resize of the whole volume, or a random crop with probability ``crop_prob``."""
+    resize = Compose([ResizeScale(size), Resized(keys, size, mode=modes)])
+    crop = RandCropByPosNegLabeld(
+        keys, "label", size, pos=2, neg=1, image_key="image", image_threshold=0
+    )
+    if crop_prob == 0:
+        return resize
+    if crop_prob == 1:
+        return crop
+    return OneOf([resize, crop], weights=[1 - crop_prob, crop_prob])
+
+
 def training_transform(
-    spatial_size: Sequence[int], pseudo: bool, flip_prob: float, intensity_prob: float
+    spatial_size: Sequence[int],
+    pseudo: bool,
+    flip_prob: float,
+    intensity_prob: float,
+    crop_prob: float = 0.5,
+    resize_mode: str = "area",
 ) -> Compose:
     """SegVol's training augmentation after ``MinMaxNormalization``, on ``[1, D, H, W]`` arrays.
 
     Foreground crop (image > 0), padding to ``spatial_size`` (0; -1 for ``pseudo_label``), then
-    either a resize to ``spatial_size`` or a random crop centred on the label's foreground with
-    probability 2/3 (one or the other at even odds), flips per axis, intensity scale and shift,
-    and a final resize. Labels are resized by nearest neighbour; SegVol resizes them with
-    ``area`` interpolation, which blends class ids into values of no class. The output's
-    ``scale`` (absent when nothing was resized) is the zoom of the voxel size per axis.
+    either a resize to ``spatial_size`` or, with probability ``crop_prob`` (SegVol: even odds),
+    a random crop centred on the label's foreground with probability 2/3, flips per axis,
+    intensity scale and shift, and a final resize. Images are resized with ``resize_mode``
+    (SegVol: ``area``; ``nearest-exact`` is what the zoom-out of
+    :func:`~segfm.inference.zoom.zoom_out_zoom_in` does to a test volume). Labels are resized by
+    nearest neighbour; SegVol resizes them with ``area`` interpolation, which blends class ids
+    into values of no class. The output's ``scale`` (absent when nothing was resized) is the zoom
+    of the voxel size per axis.
     """
+    if not 0 <= crop_prob <= 1:
+        msg = f"crop_prob must be in [0, 1], got {crop_prob}"
+        raise ValueError(msg)
     keys = ["image", "label", "pseudo_label"] if pseudo else ["image", "label"]
-    modes = ["area"] + ["nearest-exact"] * (len(keys) - 1)
+    modes = [resize_mode] + ["nearest-exact"] * (len(keys) - 1)
     size = tuple(spatial_size)
     pads = [SpatialPadd(["image", "label"], size)]
     if pseudo:
@@ -98,15 +124,7 @@ def training_transform(
         [
             CropForegroundd(keys, source_key="image"),
             *pads,
-            OneOf(
-                [
-                    Compose([ResizeScale(size), Resized(keys, size, mode=modes)]),
-                    RandCropByPosNegLabeld(
-                        keys, "label", size, pos=2, neg=1, image_key="image", image_threshold=0
-                    ),
-                ],
-                weights=[1, 1],
-            ),
+            _resize_or_crop(keys, size, modes, crop_prob),
             *[RandFlipd(keys, prob=flip_prob, spatial_axis=axis) for axis in range(3)],
             RandScaleIntensityd("image", factors=0.1, prob=intensity_prob),
             RandShiftIntensityd("image", offsets=0.1, prob=intensity_prob),

@@ -254,6 +254,37 @@ def test_transform_never_blends_label_ids() -> None:
         assert set(np.unique(np.asarray(out["pseudo_label"])).tolist()) <= {5.0, 9.0}
 
 
+def test_crop_prob_and_resize_mode_give_the_zoom_outs_input() -> None:
+    # crop_prob 0 with nearest-exact: every sample is the whole volume resized as the zoom-out
+    # resizes a test volume; crop_prob 1: every sample is a crop at the stored resolution
+    label = np.zeros((1, 20, 50, 40), dtype=np.int64)
+    label[0, 4:16, 10:37, 8:30] = 1
+    image = torch.rand((1, 20, 50, 40), generator=torch.Generator().manual_seed(2)) + 0.1
+    zoom_out = torch.nn.functional.interpolate(image[None], size=SMALL, mode="nearest-exact")[0]
+    area = torch.nn.functional.interpolate(image[None], size=SMALL, mode="area")[0]
+    whole = training_transform(SMALL, False, 0.0, 0.0, crop_prob=0.0, resize_mode="nearest-exact")
+    crops = training_transform(SMALL, False, 0.0, 0.0, crop_prob=1.0)
+    segvol = training_transform(SMALL, False, 0.0, 0.0)
+    kinds = set()
+    for seed in range(8):
+        for transform in (whole, crops, segvol):
+            transform.set_random_state(seed)
+        out = whole({"image": image, "label": label})
+        assert torch.equal(torch.as_tensor(out["image"]), zoom_out)
+        out = crops({"image": image, "label": label})
+        out = out[0] if isinstance(out, list) else out
+        assert "scale" not in out or torch.equal(out["scale"], torch.ones(3, dtype=torch.float64))
+        windows = image.unfold(1, SMALL[0], 1).unfold(2, SMALL[1], 1).unfold(3, SMALL[2], 1)
+        crop = torch.as_tensor(out["image"])[0]
+        assert (windows[0] == crop).flatten(-3).all(-1).any()  # a window of the volume
+        out = segvol({"image": image, "label": label})
+        out = out[0] if isinstance(out, list) else out
+        kinds.add("resize" if torch.allclose(torch.as_tensor(out["image"]), area) else "crop")
+    assert kinds == {"resize", "crop"}  # SegVol's default: both, the resize by area
+    with pytest.raises(ValueError, match="crop_prob"):
+        training_transform(SMALL, False, 0.0, 0.0, crop_prob=1.5)
+
+
 def test_spacing_without_metadata_matches_monai_affine() -> None:
     # the voxel size from ResizeScale equals the one MONAI's tracked affine gives, on both the
     # resize and the crop branch (seeds 0-7 take both)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence, Sized
+from typing import Literal
 
 import torch
 from torch.utils.data import DataLoader
@@ -129,6 +130,11 @@ class M3DSegDataModule(BaseDataModule):
         split_seed: Seed of that split.
         flip_prob: Probability of a flip, per axis.
         intensity_prob: Probability of the intensity scale, and of the shift.
+        crop_prob: Share of training samples that are random crops at the stored resolution
+            (SegVol: 0.5); the others are whole volumes resized to ``spatial_size``, what the
+            zoom-out sees at test time.
+        resize_mode: Interpolation of the training images' resize: ``area`` (SegVol) or
+            ``nearest-exact`` (the zoom-out's resize of a test volume).
     """
 
     one_sample_splits = ("val", "test", "predict")
@@ -145,6 +151,8 @@ class M3DSegDataModule(BaseDataModule):
         split_seed: int = 0,
         flip_prob: float = 0.2,
         intensity_prob: float = 0.1,
+        crop_prob: float = 0.5,
+        resize_mode: Literal["area", "nearest-exact"] = "area",
     ) -> None:
         super().__init__(root, batch_size, num_workers)
         checks = {
@@ -153,6 +161,8 @@ class M3DSegDataModule(BaseDataModule):
             "val_ratio": (val_ratio, 0 <= val_ratio < 1),
             "flip_prob": (flip_prob, 0 <= flip_prob <= 1),
             "intensity_prob": (intensity_prob, 0 <= intensity_prob <= 1),
+            "crop_prob": (crop_prob, 0 <= crop_prob <= 1),
+            "resize_mode": (resize_mode, resize_mode in ("area", "nearest-exact")),
         }
         for name, (value, ok) in checks.items():
             if not ok:
@@ -166,6 +176,7 @@ class M3DSegDataModule(BaseDataModule):
             split_seed,
         )
         self.flip_prob, self.intensity_prob = flip_prob, intensity_prob
+        self.crop_prob, self.resize_mode = crop_prob, resize_mode
 
     def _split(self, cases: list[M3DCase]) -> tuple[list[M3DCase], list[M3DCase]]:
         """Hold out ``val_ratio`` of one code's training cases."""
@@ -224,7 +235,12 @@ class M3DSegDataModule(BaseDataModule):
                     stacklevel=2,
                 )
             transform = training_transform(
-                self.spatial_size, pseudo, self.flip_prob, self.intensity_prob
+                self.spatial_size,
+                pseudo,
+                self.flip_prob,
+                self.intensity_prob,
+                self.crop_prob,
+                self.resize_mode,
             )
             self.datasets["train"] = M3DSegDataset(cases, classes, transform, pseudo)
 
