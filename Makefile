@@ -44,13 +44,11 @@ demo-sam-med3d: install  ## tiny SAM-Med3D on the generated CT-like scans: fit, 
 		--trainer.logger.init_args.version $(RUN) --ckpt_path runs/sam_med3d_demo/$(RUN)/checkpoints/last.ckpt
 	@echo "run folder: runs/sam_med3d_demo/$(RUN)"
 
-demo-segvol: install  ## tiny SegVol on generated M3D-Seg data: build, pseudo masks, fit, zoom-out-zoom-in test
+demo-segvol: install  ## tiny SegVol on generated M3D-Seg data: build, fit, text-prompted zoom-out test
 	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0
 	$(PYTHON) -m data_tools.build_dataset --image-dir $(DEMO_DATA)/raw/imagesTr \
 		--label-dir $(DEMO_DATA)/raw/labelsTr --code 0000 --categories $(SEGVOL_CATEGORIES) \
 		--out $(DEMO_DATA)/m3d_seg
-	$(PYTHON) -m data_tools.build_pseudo_mask --root $(DEMO_DATA)/m3d_seg --code 0000 \
-		--spatial-size 64 64 32 --min-size 200
 	$(PYTHON) -m data_tools.tiny_clip --output $(DEMO_DATA)/segvol/clip
 	$(PYTHON) -m segfm fit --config configs/segvol/demo.yaml --data.init_args.root $(DEMO_DATA)/m3d_seg \
 		--model.init_args.clip_dir $(DEMO_DATA)/segvol/clip --trainer.logger.init_args.version $(RUN)
