@@ -57,8 +57,11 @@ def to_net(x: Tensor) -> Tensor:
 
 
 def zscore_foreground(crops: Tensor) -> Tensor:
-    """Z-score every crop ``[N, 1, *S]`` over its voxels > 0 (all voxels if fewer than 2)."""
-    x = crops.float().flatten(1)
+    """Z-score every crop ``[N, 1, *S]`` over its voxels > 0 (all voxels if fewer than 2).
+
+    In float32, or in float64 for float64 crops.
+    """
+    x = crops.to(torch.promote_types(crops.dtype, torch.float32)).flatten(1)
     mask = x > 0
     mask = mask | (mask.sum(1, keepdim=True) < 2)
     count = mask.sum(1, keepdim=True)
@@ -67,10 +70,12 @@ def zscore_foreground(crops: Tensor) -> Tensor:
     return ((x - mean) / var.sqrt().clamp(min=1e-8)).view_as(crops)
 
 
-def empty_low(network: nn.Module, n: int, device: torch.device) -> Tensor:
+def empty_low(
+    network: nn.Module, n: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The first mask prompt ``[n, 1, 4g, 4g, 4g]``: zeros, as SAM-Med3D feeds it."""
     side = 4 * network.embedding_size
-    return torch.zeros((n, 1, side, side, side), device=device)
+    return torch.zeros((n, 1, side, side, side), device=device, dtype=dtype)
 
 
 def decode_points(

@@ -268,10 +268,11 @@ class SAMMed3D(BaseTask):
         options = self.click_simulation
         steps = options.train_iterations
         mask_only = self.draw_mask_only_steps(generator)
-        low = empty_low(self.model, targets.shape[0], targets.device)
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)  # float64 in the tests
+        low = empty_low(self.model, targets.shape[0], targets.device, dtype)
         pred = torch.zeros_like(targets)
-        target = targets[:, None].float()
-        total = targets.new_zeros((), dtype=torch.float32)
+        target = targets[:, None].to(dtype)
+        total = targets.new_zeros((), dtype=dtype)
         logits = target
         for step in range(steps):
             coords, labels = sample_error_clicks(pred, targets, generator=generator)
