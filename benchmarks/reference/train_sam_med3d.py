@@ -26,7 +26,10 @@ A re-implementation (not a copy) of the loss and click lines of uni-medical/SAM-
 The random draws are injected: ``random_insert`` and ``draw(points) -> row`` replace
 ``np.random.randint(2, 9)`` and ``np.random.randint(len(points))``, so a test can give the
 reference and segfm the same clicks. Volumes
-are in the network's axis order (TorchIO's ``W, H, D``), as the original feeds them.
+are in the network's axis order (TorchIO's ``W, H, D``), as the original feeds them. The two
+``.float()`` casts of the original keep float64 inputs in float64, so that a test can run the
+reference in float64 (in float32 a ReLU pre-activation rounded to 0 in one implementation and to
+2e-7 in the other switches that unit's gradient on or off: see the training test).
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from torch import Tensor
 
 def z_normalize_batch(image3D: Tensor) -> Tensor:
     """``train.py`` 343-344: one z-score over the voxels > 0 of the whole batch ``[N, 1, ...]``."""
-    x = image3D.squeeze(dim=1).clone().float()  # TorchIO sees an N-channel image
+    x = image3D.squeeze(dim=1).clone()  # TorchIO sees an N-channel image
+    x = x.to(torch.promote_types(x.dtype, torch.float32))  # ``.float()``; float64 stays float64
     values = x.masked_select(x > 0)
     mean, std = values.mean(), values.std()
     x -= mean
@@ -116,7 +120,8 @@ def interaction(
     return_loss: Tensor | float = 0.0
     prev_masks = torch.zeros_like(gt3D)
     side = gt3D.shape[-1] // 4
-    low_res_masks = F.interpolate(prev_masks.float(), size=(side, side, side))
+    # the original: ``prev_masks.float()``; the embedding's dtype, so the reference runs in float64
+    low_res_masks = F.interpolate(prev_masks.to(image_embedding.dtype), size=(side, side, side))
     for num_click in range(num_clicks):
         batch_points, batch_labels = next_click(prev_masks, gt3D, draw)
         points_input = torch.cat(batch_points, dim=0)  # newest click only (multi_click False)

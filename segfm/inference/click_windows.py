@@ -14,6 +14,7 @@ The network needs ``image_size``, ``embedding_size``, ``encode``, ``decode`` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -36,15 +37,22 @@ class WindowInference:
     Attributes:
         mask_threshold: Probability above which a voxel is foreground.
         window_overlap: Least overlap of the cubes that cover a target larger than one cube.
+        mask_prompt: What the next click's mask prompt is: ``logits``, the previous step's
+            logits (SAM-Med3D's inference and training); ``binary``, the previous label map
+            of the class resized (the CVPR 2025 baseline).
     """
 
     mask_threshold: float = 0.5
     window_overlap: float = 0.25
+    mask_prompt: Literal["logits", "binary"] = "logits"
 
     def __post_init__(self) -> None:
         """Check the values."""
         if not 0.0 < self.mask_threshold < 1.0:
             msg = f"mask_threshold must be in (0, 1), got {self.mask_threshold}"
+            raise ValueError(msg)
+        if self.mask_prompt not in ("logits", "binary"):
+            msg = f"mask_prompt must be 'logits' or 'binary', got {self.mask_prompt!r}"
             raise ValueError(msg)
         if not 0.0 <= self.window_overlap < 1.0:
             msg = f"window_overlap must be in [0, 1), got {self.window_overlap}"
@@ -57,8 +65,11 @@ def to_net(x: Tensor) -> Tensor:
 
 
 def zscore_foreground(crops: Tensor) -> Tensor:
-    """Z-score every crop ``[N, 1, *S]`` over its voxels > 0 (all voxels if fewer than 2)."""
-    x = crops.float().flatten(1)
+    """Z-score every crop ``[N, 1, *S]`` over its voxels > 0 (all voxels if fewer than 2).
+
+    In float32, or in float64 for float64 crops.
+    """
+    x = crops.to(torch.promote_types(crops.dtype, torch.float32)).flatten(1)
     mask = x > 0
     mask = mask | (mask.sum(1, keepdim=True) < 2)
     count = mask.sum(1, keepdim=True)
@@ -67,10 +78,12 @@ def zscore_foreground(crops: Tensor) -> Tensor:
     return ((x - mean) / var.sqrt().clamp(min=1e-8)).view_as(crops)
 
 
-def empty_low(network: nn.Module, n: int, device: torch.device) -> Tensor:
+def empty_low(
+    network: nn.Module, n: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """The first mask prompt ``[n, 1, 4g, 4g, 4g]``: zeros, as SAM-Med3D feeds it."""
     side = 4 * network.embedding_size
-    return torch.zeros((n, 1, side, side, side), device=device)
+    return torch.zeros((n, 1, side, side, side), device=device, dtype=dtype)
 
 
 def decode_points(
@@ -138,7 +151,8 @@ def decode_windows(
         shape: Shape of the covered box.
 
     Returns:
-        The probability map of the covered box and the new low-res logits ``[W, 1, *l]``.
+        The logits of the covered box (-inf where no cube reaches) and the new low-res logits
+        ``[W, 1, *l]``.
     """
     device = embeddings.device
     size = network.image_size
@@ -160,9 +174,9 @@ def decode_windows(
         rel = tuple(s - o for s, o in zip(start, offset, strict=True))
         paste_add(sum_logits, logits, rel)
         paste_add(count, torch.ones_like(logits), rel)
-    prob = torch.sigmoid(sum_logits / count.clamp(min=1))
-    prob[count == 0] = 0
-    return prob, torch.cat(new_lows)
+    logits = sum_logits / count.clamp(min=1)
+    logits[count == 0] = -torch.inf  # probability 0 where no cube reaches
+    return logits, torch.cat(new_lows)
 
 
 @torch.no_grad()
@@ -175,6 +189,8 @@ def segment_region(
     options: WindowInference,
     previous: Tensor | None = None,
     zscore: bool = True,
+    previous_logits: tuple[Tensor, Region] | None = None,
+    logits_out: list[tuple[Tensor, Region]] | None = None,
 ) -> tuple[Tensor, Region]:
     """Segment one target of a volume from its clicks, in the cubes covering ``region``.
 
@@ -189,6 +205,12 @@ def segment_region(
             CVPR 2025 baseline's binary low-res mask); zeros otherwise.
         zscore: Z-score each cube over its voxels > 0 (SAM-Med3D); False when the data module
             normalised already.
+        previous_logits: The previous step's logits of a box and that box (``logits_out`` of
+            the previous call): the mask prompt of each cube is their crop (0 outside the box,
+            the logit of the empty first prompt) resized to the low-res grid, as SAM-Med3D's
+            own inference feeds back its logits. Takes precedence over ``previous``.
+        logits_out: When given, receives this step's logits of the covered box and the box
+            (for the next call's ``previous_logits``).
 
     Returns:
         The probability map of the covered box and that box ``(lo, hi)``.
@@ -198,12 +220,21 @@ def segment_region(
     box_lo, box_hi = windows_box(starts, size, volume.shape)
     embeddings = encode_windows(network, volume, starts, cache, zscore)
     lows = empty_low(network, len(starts), volume.device)
-    if previous is not None:
+    masks = None
+    if previous_logits is not None:
+        logits, (lo, _) = previous_logits
+        logits = logits.nan_to_num(neginf=0.0)  # no cube reached: unknown, as outside the box
+        local = [tuple(a - b for a, b in zip(st, lo, strict=True)) for st in starts]
+        masks = torch.stack([crop_padded(logits, st, size) for st in local])
+    elif previous is not None:
         masks = torch.stack([crop_padded(previous.float(), st, size) for st in starts])
+    if masks is not None:
         lows = F.interpolate(to_net(masks[:, None]), size=lows.shape[2:], mode="trilinear")
     shape = tuple(b - a for a, b in zip(box_lo, box_hi, strict=True))
-    prob, _ = decode_windows(network, embeddings, lows, starts, box_lo, clicks, shape)
-    return prob, (box_lo, box_hi)
+    logits, _ = decode_windows(network, embeddings, lows, starts, box_lo, clicks, shape)
+    if logits_out is not None:
+        logits_out.append((logits, (box_lo, box_hi)))
+    return torch.sigmoid(logits), (box_lo, box_hi)
 
 
 def paste_class(

@@ -80,9 +80,11 @@ def crop_padded(volume: Tensor, start: Sequence[int], size: int, value: float = 
     index: list[slice] = []
     pad: list[int] = []
     for s, n in zip(start, shape, strict=True):
-        a, b = max(0, s), min(n, s + size)
-        index.append(slice(a, max(a, b)))
-        pad = [max(0, -s), max(0, s + size - n), *pad]  # F.pad wants the last axis first
+        a, b = min(max(0, s), n), max(0, min(n, s + size))
+        b = max(a, b)  # a window wholly outside keeps nothing
+        before = min(size, max(0, -s))
+        index.append(slice(a, b))
+        pad = [before, size - before - (b - a), *pad]  # F.pad wants the last axis first
     patch = volume[(..., *index)]
     if any(pad):
         patch = F.pad(patch, pad, value=value)

@@ -268,10 +268,11 @@ class SAMMed3D(BaseTask):
         options = self.click_simulation
         steps = options.train_iterations
         mask_only = self.draw_mask_only_steps(generator)
-        low = empty_low(self.model, targets.shape[0], targets.device)
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)  # float64 in the tests
+        low = empty_low(self.model, targets.shape[0], targets.device, dtype)
         pred = torch.zeros_like(targets)
-        target = targets[:, None].float()
-        total = targets.new_zeros((), dtype=torch.float32)
+        target = targets[:, None].to(dtype)
+        total = targets.new_zeros((), dtype=dtype)
         logits = target
         for step in range(steps):
             coords, labels = sample_error_clicks(pred, targets, generator=generator)
@@ -333,7 +334,10 @@ class SAMMed3D(BaseTask):
 
         SAM-Med3D takes no box prompt; as in the CVPR 2025 baseline, a box becomes a positive
         click at its centre and fixes the region the cubes cover. All clicks of a class are
-        decoded together, with the previous prediction of the class as the mask prompt.
+        decoded together, with the previous step's logits of the class as the mask prompt
+        (``inference.mask_prompt: logits``, as SAM-Med3D's inference; kept from the previous
+        call of the same case, which starts with ``previous`` None) or its previous binary
+        prediction (``binary``).
 
         Args:
             image: Intensities ``[D, H, W]``.
@@ -347,6 +351,9 @@ class SAMMed3D(BaseTask):
         seg = torch.zeros(image.shape, dtype=torch.long, device=image.device)
         best = torch.zeros(image.shape, device=image.device)
         threshold = self.inference.mask_threshold
+        if previous is None:  # a new case (or its box step): no logits to feed back
+            self._previous_logits = {}
+        kept: dict[int, tuple[Tensor, Any]] = getattr(self, "_previous_logits", {})
         for c, prompt in prompts.items():
             clicks: list[Click] = []
             box = prompt.box
@@ -361,8 +368,21 @@ class SAMMed3D(BaseTask):
             region = (lo, hi) if box is not None else click_region(clicks)
             prev = None if previous is None else previous == c
             zscore = self.normalize != "none"
+            use_logits = self.inference.mask_prompt == "logits" and previous is not None
+            out: list[tuple[Tensor, Any]] = []
             prob, covered = segment_region(
-                self.model, image, region, clicks, self._cache, self.inference, prev, zscore
+                self.model,
+                image,
+                region,
+                clicks,
+                self._cache,
+                self.inference,
+                prev,
+                zscore,
+                previous_logits=kept.get(c) if use_logits else None,
+                logits_out=out,
             )
+            kept[c] = out[0]
             paste_class(seg, best, prob, covered, c, threshold)
+        self._previous_logits = kept
         return seg

@@ -72,11 +72,12 @@ class PositionEmbeddingRandom(nn.Module):
             ``[C, *g]``.
         """
         device = self.positional_encoding_gaussian_matrix.device
+        dtype = self.positional_encoding_gaussian_matrix.dtype
         axes = _coordinate_axes(self.spatial_dims)
         centres = []
         for axis in axes:  # coordinate c varies along grid axis axes[c]
             n = size[axis]
-            line = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n
+            line = (torch.arange(n, device=device, dtype=dtype) + 0.5) / n
             shape = [1] * self.spatial_dims
             shape[axis] = n
             centres.append(line.reshape(shape).expand(*size))
@@ -93,11 +94,13 @@ class PositionEmbeddingRandom(nn.Module):
         Returns:
             ``[B, N, C]``.
         """
+        dtype = self.positional_encoding_gaussian_matrix.dtype  # float32, or float64 in tests
         extent = torch.tensor(
             [float(image_size[a]) for a in _coordinate_axes(self.spatial_dims)],
             device=coords.device,
+            dtype=dtype,
         )
-        return self.encode(coords.float() / extent)
+        return self.encode(coords.to(dtype) / extent)
 
 
 class PromptEncoder(nn.Module):

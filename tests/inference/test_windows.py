@@ -71,3 +71,15 @@ def test_paste_add_adds_the_overlap_only() -> None:
 def test_inside() -> None:
     points = torch.tensor([[0, 0, 0], [3, 3, 3], [4, 0, 0], [-1, 2, 2]])
     assert inside(points, (0, 0, 0), 4).tolist() == [True, True, False, False]
+
+
+def test_crop_padded_of_a_window_wholly_outside_is_all_fill() -> None:
+    # a previous step's box that the next cube misses: the mask prompt crop is all fill
+    volume = torch.arange(35 * 4 * 4, dtype=torch.float32).reshape(35, 4, 4)
+    for start in [(40, 0, 0), (-40, 0, 0), (0, 9, -9), (33, 2, 2)]:
+        patch = crop_padded(volume, start, 6, value=-1.0)
+        assert patch.shape == (6, 6, 6), start
+    assert bool((crop_padded(volume, (40, 0, 0), 6, value=-1.0) == -1).all())
+    edge = crop_padded(volume, (33, 2, 2), 6, value=-1.0)
+    assert torch.equal(edge[:2, :2, :2], volume[33:, 2:, 2:])
+    assert int((edge != -1).sum()) == 8

@@ -320,9 +320,11 @@ def test_interactive_box_becomes_a_centre_click_and_the_region(
 
     calls: list[dict[str, Any]] = []
 
-    def spy(network: Any, volume: torch.Tensor, region: Any, clicks: Any, *args: Any) -> Any:
+    def spy(
+        network: Any, volume: torch.Tensor, region: Any, clicks: Any, *args: Any, **kw: Any
+    ) -> Any:
         calls.append({"region": region, "clicks": clicks, "previous": args[2]})
-        return segment_region(network, volume, region, clicks, *args)
+        return segment_region(network, volume, region, clicks, *args, **kw)
 
     monkeypatch.setattr(module, "segment_region", spy)
     box = {
@@ -368,3 +370,44 @@ def test_protocol_steps_reuse_the_embeddings_of_the_same_volume(method: SAMMed3D
         next(method.model.image_encoder.parameters()).add_(1.0)
     method.segment_interactive(volume, [1.0] * 3, prompts, first)
     assert len(calls) == 6  # new weights
+
+
+def test_the_next_click_gets_the_previous_logits_as_its_mask_prompt(
+    method: SAMMed3D, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SAM-Med3D's inference feeds back its logits, as training does; the binary previous mask
+    # (the CVPR baseline's rule) stays an option
+    masks: list[torch.Tensor | None] = []
+    decode = method.model.decode
+
+    def spy(embeddings: torch.Tensor, points: Any = None, **kwargs: Any) -> Any:
+        masks.append(kwargs.get("masks"))
+        return decode(embeddings, points=points, **kwargs)
+
+    monkeypatch.setattr(method.model, "decode", spy)
+    volume = torch.randn(40, 40, 40)
+    first = {1: ClassPrompt(fg=[(20, 20, 20)])}
+    kept: list[Any] = []
+    seg = method.segment_interactive(volume, [1.0] * 3, first, None)
+    assert bool((masks[0] == 0).all())  # the first prompt: zeros
+    logits, (lo, hi) = method._previous_logits[1]
+    kept.append(logits.clone())
+    second = {1: ClassPrompt(fg=[(20, 20, 20)], bg=[(22, 22, 22)])}  # the same cube
+    method.segment_interactive(volume, [1.0] * 3, second, seg)
+    crop = torch.zeros(SIZE, SIZE, SIZE)
+    crop[tuple(slice(a - s, b - s) for a, b, s in zip(lo, hi, (4, 4, 4), strict=True))] = kept[0]
+    expected = torch.nn.functional.interpolate(
+        to_net(crop[None, None]), size=masks[1].shape[2:], mode="trilinear"
+    )
+    torch.testing.assert_close(masks[1], expected)
+    assert bool((masks[1] < 0).any())  # logits, not a resized 0/1 mask
+    method.inference = WindowInference(mask_prompt="binary")
+    method.segment_interactive(volume, [1.0] * 3, second, seg)
+    binary = torch.nn.functional.interpolate(
+        to_net((seg == 1)[4:36, 4:36, 4:36].float()[None, None]),
+        size=masks[2].shape[2:],
+        mode="trilinear",
+    )
+    torch.testing.assert_close(masks[2], binary)
+    method.segment_interactive(volume, [1.0] * 3, first, None)  # a new case starts afresh
+    assert bool((masks[3] == 0).all())
