@@ -157,6 +157,7 @@ class SAMMed3D(BaseTask):
         self.click_simulation = click_simulation or ClickSimulation()
         self.inference = inference or WindowInference()
         self._cache = EmbeddingCache()
+        self._previous_logits: dict[int, tuple[Tensor, Any]] = {}  # per class, last step's
         super().__init__(
             lr=lr,
             weight_decay=weight_decay,
@@ -353,7 +354,7 @@ class SAMMed3D(BaseTask):
         threshold = self.inference.mask_threshold
         if previous is None:  # a new case (or its box step): no logits to feed back
             self._previous_logits = {}
-        kept: dict[int, tuple[Tensor, Any]] = getattr(self, "_previous_logits", {})
+        kept = self._previous_logits
         for c, prompt in prompts.items():
             clicks: list[Click] = []
             box = prompt.box
