@@ -56,3 +56,17 @@ def test_the_chart_draws_each_series_in_its_own_colour(tmp_path):
     assert orange.sum() == 0  # one series per chart
     rows = list(csv.DictReader((tmp_path / "learning_curve.csv").open()))
     assert rows[2]["val_dsc"] == "nan" and rows[0]["train_loss"] == "0.9"
+
+
+def test_a_trainer_without_logger_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    class Trainer:
+        loggers: list = []  # noqa: RUF012
+        is_global_zero = True
+        sanity_checking = False
+        current_epoch = 0
+        callback_metrics: dict = {}  # noqa: RUF012
+
+    LearningCurve().on_train_epoch_end(Trainer(), None)
+    assert list(tmp_path.iterdir()) == []

@@ -31,7 +31,13 @@ class LearningCurve(Callback):
         self.rows: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Record the epoch and redraw (global rank zero; the run folder is found on all)."""
+        """Record the epoch and redraw (global rank zero; the run folder is found on all).
+
+        A trainer without a logger has no run folder: nothing is written (rather than files in
+        the working directory).
+        """
+        if not trainer.loggers:
+            return
         folder = run_dir(trainer)
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
