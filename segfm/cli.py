@@ -55,6 +55,14 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "Score a folder of saved predictions against the ground truth, case by case.",
         "segfm.commands.evaluate:evaluate",
     ),
+    "challenge-predict": Subcommand(
+        "Segment every case of a challenge inputs folder into the outputs folder (predict.sh).",
+        "segfm.commands.challenge:challenge_predict",
+    ),
+    "challenge-eval": Subcommand(
+        "Run the challenge's official evaluation loop on a submission folder, without docker.",
+        "segfm.commands.challenge:challenge_eval",
+    ),
     "verify-data": Subcommand(
         "Check a dataset before training: every problem with its file and fix.",
         "segfm.commands.verify_data:verify_data_command",

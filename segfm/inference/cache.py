@@ -47,6 +47,19 @@ class EmbeddingCache:
             self._store = {}
         return self._store
 
+    def entries(self) -> dict[Hashable, Tensor]:
+        """The embeddings kept now (of the last volume seen), by key."""
+        return dict(self._store)
+
+    def restore(self, volume: Tensor, network: nn.Module, entries: dict[Hashable, Tensor]) -> None:
+        """Keep ``entries`` as the embeddings of ``volume`` under ``network``'s weights.
+
+        For a process that segments the same volume as an earlier one (the challenge runs a
+        fresh process per interaction step): the caller vouches that the entries were computed
+        from an equal volume with equal weights.
+        """
+        self.store(volume, network).update(entries)
+
     def clear(self) -> None:
         """Forget every embedding."""
         self._volume, self._version, self._store = None, None, {}

@@ -20,6 +20,7 @@ from segfm.evaluation.harness import ProtocolHarness
 from segfm.evaluation.interactive import ClassPrompt
 from segfm.evaluation.options import Evaluation, Protocol
 from segfm.evaluation.predict import ClicksFile, PredictionWriter, protocol_prediction
+from segfm.inference.cache import EmbeddingCache
 from segfm.sample import Batch, CaseMeta
 from segfm.utils import schedules
 from segfm.utils.run_dir import run_dir
@@ -258,6 +259,27 @@ class BaseTask(pl.LightningModule, ABC):
     def protocol(self) -> str:
         """The test protocol's name, ``interactive`` or ``text`` (``native`` resolved)."""
         return self.test_protocol.name
+
+    def case_state(self) -> dict[str, Any]:
+        """What the method keeps between the interactive steps of one case, to carry over.
+
+        The challenge runs every step in a fresh process; a state saved after one step and
+        given to :meth:`restore_case_state` before the next makes that step compute what one
+        process running all steps computes. By default: the embedding caches' entries.
+        """
+        return {
+            name: value.entries()
+            for name, value in vars(self).items()
+            if isinstance(value, EmbeddingCache)
+        }
+
+    def restore_case_state(self, image: Tensor, state: dict[str, Any]) -> None:
+        """Take back a :meth:`case_state` of the same case (``image`` as the next step gets it)."""
+        network = getattr(self, "model", self)
+        for name, entries in state.items():
+            cache = vars(self).get(name)
+            if isinstance(cache, EmbeddingCache):
+                cache.restore(image, network, entries)
 
     # ------------------------------------------------------------------ testing
     def test_step(self, batch: Batch, batch_idx: int) -> None:

@@ -324,6 +324,16 @@ class SAMMed3D(BaseTask):
 
     # ----------------------------------------------------------------- inference
     @torch.no_grad()
+    def case_state(self) -> dict[str, Any]:
+        """The embedding cache and the previous step's logits per class (the mask prompt)."""
+        return super().case_state() | {"previous_logits": dict(self._previous_logits)}
+
+    def restore_case_state(self, image: Tensor, state: dict[str, Any]) -> None:
+        """Take back a :meth:`case_state` of the same case."""
+        state = dict(state)
+        self._previous_logits = dict(state.pop("previous_logits", {}))
+        super().restore_case_state(image, state)
+
     def segment_interactive(
         self,
         image: Tensor,
