@@ -8,6 +8,8 @@
     DIR/CT_SynthAbdomen/test_mask/CT_SynthAbdomen_t00.npz   gts
     DIR/PET_SynthLesions/...                             the same for the instance dataset
 
+The ``boxes`` of the semantic evaluation cases follow the challenge's ``get_boxes.py``
+(:func:`segfm.prompts.volume_boxes`: upper middle slice, seeded random margin).
 ``CT_SynthAbdomen`` is semantic: the abdominal CT of :mod:`data_tools.synthetic` (liver, spleen,
 kidneys, aorta; spine unlabelled) in the abdominal window (W 400, L 40) scaled to 0-255.
 ``PET_SynthLesions`` is an instance dataset (``instance_label: 1``): 3-7 bright separate
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from data_tools.synthetic import LABELS, make_case
 from segfm.data.io.atomic import save_json, save_npz
-from segfm.prompts.boxes import volume_boxes
+from segfm.prompts.boxes import BOX_SEED, volume_boxes
 
 SEMANTIC, INSTANCE = "CT_SynthAbdomen", "PET_SynthLesions"
 PROMPTS: dict[str, dict[str, Any]] = {
@@ -183,7 +185,11 @@ def make_dataset(output: str | Path, num_cases: int = 8, num_test: int = 2, seed
         instance = PROMPTS[dataset]["instance_label"] == 1
         boxes = None
         if not instance:
-            found = volume_boxes(torch.from_numpy(label.astype(np.int64)), ids)
+            # the challenge's get_boxes.py rule: upper middle slice, a random 0-5 px margin
+            # scaled by size / 256, seeded with its 2025 (one generator per case)
+            found = volume_boxes(
+                torch.from_numpy(label.astype(np.int64)), ids, margin=True, seed=BOX_SEED
+            )
             boxes = [found[i] for i in ids]
         prompts = text_prompts(dataset, [1] if instance else ids, PROMPTS)
         mask = root / dataset / "test_mask"

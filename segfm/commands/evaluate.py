@@ -21,6 +21,12 @@ def evaluate(
     affine differing by more than 1e-3 is warned about). A ground-truth case without prediction is
     scored as an empty prediction and counted; a prediction without ground truth is warned about.
     Writes ``cases.csv``, ``classes.csv`` and ``cases_summary.{md,json}`` into ``output``.
+    Interactive predictions that hold ``all_segs`` (the intermediate predictions) are also scored
+    per step as ``CVPR25_iter_eval.py`` does: ``dsc_<k>`` / ``nsd_<k>`` (the 0.2 DSC rule per
+    step; 5 entries are a case without boxes, whose step 1 scores 0), ``dsc_auc`` / ``nsd_auc``
+    (trapezoid over the last 5 steps at x = 0..4) and ``dsc_final`` / ``nsd_final``.
+    Instance cases follow the official edge cases (no prediction: F1 0, no match: DSC_TP 0;
+    :func:`segfm.evaluation.instances.instance_f1`).
 
     Args:
         pred: Folder of predictions.

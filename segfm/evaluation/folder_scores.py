@@ -18,25 +18,43 @@ from segfm.utils.files import atomic_write_text
 SEMANTIC_METRICS = ["dsc", "nsd"]
 INSTANCE_METRICS = ["f1", "precision", "recall", "dsc_tp"]
 INSTANCE_COUNTS = ["tp", "fp", "fn"]
+#: interactive cases whose prediction npz has ``all_segs``
+STEP_SUMMARY = ["dsc_auc", "nsd_auc", "dsc_final", "nsd_final"]
 
 
-def _case_columns(protocols: set[str]) -> list[str]:
+def _step_columns(steps: int) -> list[str]:
+    if not steps:
+        return []
+    per_step = [f"{m}_{k}" for m in ("dsc", "nsd") for k in range(1, steps + 1)]
+    return STEP_SUMMARY + per_step
+
+
+def _case_columns(protocols: set[str], steps: int = 0) -> list[str]:
     columns = ["case", "protocol", "missing"]
     if protocols - {"instance"}:
-        columns += ["classes", *SEMANTIC_METRICS]
+        columns += ["classes", *SEMANTIC_METRICS, *_step_columns(steps)]
     if "instance" in protocols:
         columns += INSTANCE_METRICS + INSTANCE_COUNTS
     return columns
+
+
+def _steps(names: Any) -> int:
+    """The number of ``dsc_<k>`` step columns among ``names``."""
+    return sum(1 for n in names if n.startswith("dsc_") and n[4:].isdigit())
 
 
 def summary_text(report: dict[str, Any], output: Path | str) -> str:
     """The summary ``segfm evaluate`` prints: case counts, then mean ± std of each metric."""
     kinds = ", ".join(f"{k} {n}" for k, n in sorted(report["protocols"].items()))
     lines = [f"scored {report['cases']} cases ({kinds}) into {output}"]
-    metrics = [m for m in SEMANTIC_METRICS + INSTANCE_METRICS if m in report]
+    metrics = [m for m in SEMANTIC_METRICS + STEP_SUMMARY + INSTANCE_METRICS if m in report]
     for m in metrics:
         s = report[m]
         lines.append(f"  {m:<9} {s['mean']:.4f} ± {s['std']:.4f}  (n={s['n']})")
+    steps = _steps(report)
+    for m in ("dsc", "nsd") if steps else ():
+        means = " ".join(f"{report[f'{m}_{k}']['mean']:.4f}" for k in range(1, steps + 1))
+        lines.append(f"  {m} by step 1..{steps}: {means}  (n={report[f'{m}_1']['n']})")
     missing = report["missing_predictions"]
     if missing:
         lines.append(
@@ -61,6 +79,12 @@ def score_folders(
     affine differing by more than 1e-3 is warned about). A ground-truth case without prediction is
     scored as an empty prediction and counted; a prediction without ground truth is warned about.
     Writes ``cases.csv``, ``classes.csv`` and ``cases_summary.{md,json}`` into ``output``.
+    Interactive predictions that hold ``all_segs`` (the intermediate predictions) are also scored
+    per step as ``CVPR25_iter_eval.py`` does: ``dsc_<k>`` / ``nsd_<k>`` (the 0.2 DSC rule per
+    step; 5 entries are a case without boxes, whose step 1 scores 0), ``dsc_auc`` / ``nsd_auc``
+    (trapezoid over the last 5 steps at x = 0..4) and ``dsc_final`` / ``nsd_final``.
+    Instance cases follow the official edge cases (no prediction: F1 0, no match: DSC_TP 0;
+    :func:`segfm.evaluation.instances.instance_f1`).
 
     Args:
         pred: Folder of predictions.
@@ -101,8 +125,10 @@ def _write(
     rows: list[dict[str, Any]], classes: CaseTable, orphans: list[Path], output: Path
 ) -> dict[str, Any]:
     protocols = {r["protocol"] for r in rows}
-    columns = _case_columns(protocols)
-    metrics = [c for c in columns if c in SEMANTIC_METRICS + INSTANCE_METRICS]
+    steps = max((_steps(r) for r in rows), default=0)
+    columns = _case_columns(protocols, steps)
+    step_metrics = _step_columns(steps)
+    metrics = [c for c in columns if c in SEMANTIC_METRICS + INSTANCE_METRICS + step_metrics]
     cases = CaseTable(metrics)
     for r in rows:
         cases.add(**{c: r.get(c, math.nan) for c in columns})

@@ -7,7 +7,8 @@ and writes, under the output folder:
 - ``protocol_<name>_cases.csv`` (one row per case) with ``_summary.md`` / ``_summary.json``;
 - ``protocol_<name>_classes.csv`` (one row per case and class);
 - ``protocol_interactive_steps.csv`` (one row per case and step);
-- ``predictions/``: npz in the challenge's submission layout for npz inputs, NIfTI on the source
+- ``predictions/``: npz in the challenge's submission layout for npz inputs (``segs`` and
+  ``all_segs``, one entry per prediction made: 5 for a case without boxes), NIfTI on the source
   grid otherwise;
 - ``overlays/``: the worst and the best case (reference and prediction on the slice where the
   reference is largest, with the class legend, the case and its score);
@@ -27,13 +28,12 @@ import numpy as np
 from torch import Tensor
 
 from segfm.evaluation.image_logging import log_image, log_table
-from segfm.evaluation.interactive import Segmenter, run_interactive
+from segfm.evaluation.interactive import Segmenter, case_boxes, run_interactive
 from segfm.evaluation.options import ClickRule
 from segfm.evaluation.overlay import overlay, save_png
 from segfm.evaluation.table import CaseTable
 from segfm.evaluation.text import TextSegmenter, run_text
 from segfm.evaluation.writers import write_prediction
-from segfm.prompts import volume_boxes
 
 Protocol = Literal["interactive", "text"]
 
@@ -50,7 +50,10 @@ class ProtocolHarness:
         box: Start the interactive protocol with the boxes; False: clicks only.
         click_rule: ``center`` (CVPR 2025) or ``random`` (SAM-Med3D's training rule).
         boxes_from_mask: Give classes without a box in the data (``meta["boxes"]``) the box of
-            their reference mask; when False such cases skip the box step, as in the challenge.
+            their reference mask; False: never (a case without boxes skips the box step, as in
+            the challenge); None (auto): only cases whose ``meta`` has no ``boxes`` key (formats
+            that never carry boxes) and box-only runs (``num_clicks`` 0), see
+            :func:`segfm.evaluation.interactive.case_boxes`.
         save_predictions: Write the predictions.
         num_overlays: Overlays of the worst and best cases (0, 1 = worst, 2 = worst and best).
     """
@@ -62,7 +65,7 @@ class ProtocolHarness:
         num_clicks: int = 5,
         tolerance: float = 2.0,
         seed: int = 42,
-        boxes_from_mask: bool = True,
+        boxes_from_mask: bool | None = None,
         save_predictions: bool = True,
         num_overlays: int = 2,
         box: bool = True,
@@ -149,10 +152,8 @@ class ProtocolHarness:
         meta: dict[str, Any],
         classes: dict[int, Any],
     ) -> dict[str, float]:
-        boxes = dict(meta.get("boxes") or {})
-        if self.boxes_from_mask:
-            missing = [int(c) for c in label.unique() if c > 0 and int(c) not in boxes]
-            boxes |= volume_boxes(label, missing) if missing else {}
+        box_only = self.box and self.num_clicks == 0
+        boxes = case_boxes(label, meta, self.boxes_from_mask, box_only)
         result = run_interactive(
             segment,
             image,
@@ -189,10 +190,11 @@ class ProtocolHarness:
             self.classes.add(
                 case=case_id, class_id=c, class_name=name, dsc=s["dsc"], nsd=s["nsd"], clicks=clicks
             )
-        final = result.segs[-1]
+        final = result.final
         if self.save_predictions:
+            all_segs = result.segs or None
             write_prediction(
-                self.output_dir / "predictions", case_id, final, meta, spacing, result.segs
+                self.output_dir / "predictions", case_id, final, meta, spacing, all_segs
             )
         dsc, nsd = float(result.summary["dsc_final"]), float(result.summary["nsd_final"])
         self._keep_picture(dsc, "DSC", case_id, image, final, label, classes)

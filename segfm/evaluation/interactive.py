@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch import Tensor
 from segfm.evaluation.curves import summarise_steps
 from segfm.evaluation.metrics import interactive_case_scores
 from segfm.evaluation.options import ClickRule
-from segfm.prompts import center_error_click, sample_error_clicks
+from segfm.prompts import center_error_click, sample_error_clicks, volume_boxes
 
 #: the challenge's limit on the running time per class and step, in seconds
 TIME_LIMIT_PER_CLASS = 90.0
@@ -70,7 +70,8 @@ class InteractiveResult:
         steps: Per step: ``step`` (1..), ``prompt`` (``box`` / ``click``), ``dsc``, ``nsd``,
             ``seconds``, ``skipped`` (step 1 without boxes), ``over_limit`` and ``classes``
             (per-class dsc / nsd).
-        segs: The label map after every step (zeros for a skipped step).
+        segs: The label map after every step the method ran: no entry for a skipped box step,
+            as the challenge's ``all_segs`` (5 entries for a case without boxes).
         prompts: The final prompts per class (boxes and accumulated clicks).
         summary: ``dsc_auc``, ``nsd_auc``, ``dsc_final``, ``nsd_final``, ``seconds``,
             ``over_limit``.
@@ -80,6 +81,46 @@ class InteractiveResult:
     segs: list[np.ndarray]
     prompts: dict[int, ClassPrompt]
     summary: dict[str, Any]
+    shape: tuple[int, ...] = ()
+
+    @property
+    def final(self) -> np.ndarray:
+        """The last prediction; all zeros when the method never ran (a skipped box step alone)."""
+        return self.segs[-1] if self.segs else np.zeros(self.shape, dtype=np.int64)
+
+
+def case_boxes(
+    label: Tensor,
+    meta: Mapping[str, Any] | None,
+    from_mask: bool | None = None,
+    box_only: bool = False,
+) -> dict[int, dict[str, int]]:
+    """The boxes of a case's interactive run: those of its data, completed from its mask or not.
+
+    Args:
+        label: Reference label map ``[D, H, W]``.
+        meta: The case's metadata; ``meta["boxes"]`` (box per class id, or None) are the boxes
+            of the data.
+        from_mask: Give classes without a box the box of their mask
+            (:func:`segfm.prompts.volume_boxes`, the challenge's ``get_boxes.py`` rule). None
+            (auto): only when ``meta`` has no ``boxes`` key at all (a format that never carries
+            boxes); a case in the challenge's npz form (the key present, None when the npz has
+            no boxes) keeps its own boxes, so without boxes it skips the box step as in the
+            challenge.
+        box_only: The run has a box step and no click step (MedSAM's test): auto then derives
+            the missing boxes, since without them the run would have nothing to do.
+
+    Returns:
+        Box per class id (empty: the box step is skipped).
+    """
+    meta = meta or {}
+    boxes = dict(meta.get("boxes") or {})
+    if from_mask is None:
+        from_mask = box_only or "boxes" not in meta
+    if from_mask:
+        missing = [int(c) for c in label.unique() if c > 0 and int(c) not in boxes]
+        boxes |= volume_boxes(label, missing) if missing else {}
+    return boxes
 
 
 def run_interactive(
@@ -102,8 +143,9 @@ def run_interactive(
         image: Intensities ``[D, H, W]``.
         label: Reference label map ``[D, H, W]``; its non-zero values are the classes.
         spacing: Voxel size in mm, ``(z, y, x)``.
-        boxes: Box per class id; None or empty skips step 1 (DSC = NSD = 0 there, as the
-            challenge scores cases without boxes).
+        boxes: Box per class id; None or empty skips step 1 (DSC = NSD = 0 there and no
+            method call, as the challenge scores cases without boxes). The first method call of
+            a case gets ``previous`` None, where the challenge writes an all-zero ``prev_pred``.
         num_clicks: Click steps after the box step (5 in the challenge; 0: the box alone).
         tolerance: NSD tolerance in mm.
         seed: Seed of the click rule's tie-breaking.
@@ -155,7 +197,8 @@ def run_interactive(
                 "classes": scores["classes"],
             }
         )
-        segs.append(pred.astype(np.int64))
+        if not skipped:  # the challenge's all_segs holds only the predictions made
+            segs.append(pred.astype(np.int64))
 
     first = 1
     if box and has_boxes:
@@ -194,7 +237,9 @@ def run_interactive(
         "seconds": float(sum(s["seconds"] for s in steps)),
         "over_limit": any(s["over_limit"] for s in steps),
     }
-    return InteractiveResult(steps=steps, segs=segs, prompts=prompts, summary=summary)
+    return InteractiveResult(
+        steps=steps, segs=segs, prompts=prompts, summary=summary, shape=tuple(gt.shape)
+    )
 
 
 def next_click(

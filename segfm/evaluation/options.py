@@ -29,6 +29,14 @@ class Evaluation:
         save_predictions: Write predictions in ``test`` and ``predict``.
         num_overlays: Overlay pictures: in ``test`` the worst (1) and the best (2) case; in
             ``predict`` the first this many cases.
+        boxes_from_mask: Where a class has no box in the data, give it the box of its reference
+            mask (:func:`segfm.prompts.volume_boxes`, the rule of the challenge's
+            ``get_boxes.py``). None (auto): cases in the challenge's npz form (their ``meta``
+            has a ``boxes`` key, None when the npz has none) follow the challenge, so a case
+            without boxes skips the box step (DSC = NSD = 0 there); cases of formats that never
+            carry boxes (NIfTI, nnU-Net, npy slices: no ``boxes`` key) and box-only runs (no
+            click step, MedSAM's test) get boxes from their masks. True: always derive missing
+            boxes; False: never.
         clicks_file: User prompts per case and class (:mod:`segfm.data.io.clicks_file`) for
             ``predict`` without ground truth.
         validate: Also run the test protocol on the validation cases, as whole volumes, at
@@ -44,6 +52,7 @@ class Evaluation:
     nsd_tolerance: float = 2.0
     save_predictions: bool = True
     num_overlays: int = 2
+    boxes_from_mask: bool | None = None
     clicks_file: str | None = None
     validate: bool = True
 

@@ -17,11 +17,10 @@ from torch import Tensor
 from segfm.data.io.clicks_file import ClassClicks, read_clicks_file
 from segfm.data.io.grid_clicks import case_clicks_on_grid
 from segfm.evaluation.image_logging import log_image
-from segfm.evaluation.interactive import ClassPrompt, Segmenter, run_interactive
+from segfm.evaluation.interactive import ClassPrompt, Segmenter, case_boxes, run_interactive
 from segfm.evaluation.options import Evaluation, Protocol
 from segfm.evaluation.overlay import overlay, save_png
 from segfm.evaluation.writers import write_prediction
-from segfm.prompts import volume_boxes
 
 
 def user_prompts(clicks: Mapping[int, ClassClicks]) -> dict[int, ClassPrompt]:
@@ -89,6 +88,7 @@ def protocol_prediction(
     spacing: Sequence[float],
     protocol: Protocol,
     evaluation: Evaluation,
+    meta: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """The last prediction of the interactive protocol on one volume (prompts from ``label``).
 
@@ -98,12 +98,15 @@ def protocol_prediction(
         label: Reference label map ``[D, H, W]`` the boxes and clicks are drawn from.
         spacing: Voxel size in mm.
         protocol: Clicks and whether a box step comes first.
-        evaluation: Click rule, seed and NSD tolerance.
+        evaluation: Click rule, seed, NSD tolerance and ``boxes_from_mask``.
+        meta: The case's metadata (its ``boxes``; see
+            :func:`segfm.evaluation.interactive.case_boxes`). None: boxes from ``label``.
 
     Returns:
         Label map ``[D, H, W]`` on ``image``'s device.
     """
-    boxes = volume_boxes(label, [int(c) for c in label.unique() if c > 0])
+    box_only = protocol.box and protocol.clicks == 0
+    boxes = case_boxes(label, meta, evaluation.boxes_from_mask, box_only)
     result = run_interactive(
         segment,
         image,
@@ -116,7 +119,7 @@ def protocol_prediction(
         box=protocol.box,
         click_rule=evaluation.click_rule,
     )
-    return torch.as_tensor(result.segs[-1], device=image.device)
+    return torch.as_tensor(result.final, device=image.device)
 
 
 class PredictionWriter:

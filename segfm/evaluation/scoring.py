@@ -2,8 +2,10 @@
 
 Cases are paired by name: ``<case>.npz`` predictions (``segs``, as submitted to the CVPR 2025
 challenges) against ``<case>.npz`` ground truth (``gts``), or ``<case>.nii.gz``/``<case>.nii``
-predictions against NIfTI ground truth. Voxel sizes come from the ground truth (``spacing`` of the
-npz, or of the test image npz of the same name; the NIfTI header) in array axis order.
+predictions against NIfTI ground truth. A prediction npz that also holds ``all_segs`` (the
+interactive evaluator's intermediate predictions) is scored step by step as well. Voxel sizes
+come from the ground truth (``spacing`` of the npz, or of the test image npz of the same name;
+the NIfTI header) in array axis order.
 
 Reading never runs pickled code: the challenge stores ``text_prompts`` as a pickled dict, which
 is read with an unpickler that admits only numpy's array and scalar constructors.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import warnings
 import zipfile
@@ -25,6 +28,7 @@ import numpy as np
 
 from segfm.data.io.nifti import read_nifti
 from segfm.errors import DataError
+from segfm.evaluation.curves import AUC_STEPS, summarise_steps
 from segfm.evaluation.instances import instance_f1
 from segfm.evaluation.metrics import interactive_case_scores, semantic_case_scores
 
@@ -66,12 +70,15 @@ class LoadedCase:
         gt: Reference label map of the same shape.
         spacing: Voxel size in mm in array axis order, or None when no file gives it.
         prompts: The case's ``text_prompts`` dict (text track), or None.
+        all_segs: The prediction after every interactive step ``[steps, *S]`` (the npz's
+            ``all_segs``), or None.
     """
 
     pred: np.ndarray
     gt: np.ndarray
     spacing: tuple[float, ...] | None
     prompts: dict[str, Any] | None
+    all_segs: np.ndarray | None = None
 
 
 def _split_name(path: Path) -> tuple[str, str] | None:
@@ -227,6 +234,16 @@ def _load_npz(pair: CasePair) -> LoadedCase:
     gt = _npz_labels(pair.gt, "gts")
     pred = _npz_labels(pair.pred, "segs") if pair.pred else np.zeros_like(gt)
     _check_shapes(pair, pred, gt)
+    all_segs = _npz_array(pair.pred, "all_segs", required=False) if pair.pred else None
+    if all_segs is not None:
+        all_segs = _labels(all_segs)
+        if all_segs.ndim != gt.ndim + 1 or all_segs.shape[1:] != gt.shape or not len(all_segs):
+            msg = (
+                f"{pair.pred}: all_segs has shape {all_segs.shape}, expected (steps, *"
+                f"{gt.shape}) like the ground truth ({pair.gt}); save the step predictions "
+                "stacked, or leave all_segs out"
+            )
+            raise DataError(msg)
     spacing = _npz_array(pair.gt, "spacing", required=False)
     prompts = _read_object(pair.gt, "text_prompts")
     if pair.image is not None:
@@ -235,7 +252,8 @@ def _load_npz(pair: CasePair) -> LoadedCase:
         if prompts is None:
             prompts = _read_object(pair.image, "text_prompts")
     spacing_mm = None if spacing is None else tuple(float(s) for s in np.ravel(spacing))
-    return LoadedCase(pred, gt, spacing_mm, prompts if isinstance(prompts, dict) else None)
+    prompts = prompts if isinstance(prompts, dict) else None
+    return LoadedCase(pred, gt, spacing_mm, prompts, all_segs)
 
 
 def _load_nifti(pair: CasePair) -> LoadedCase:
@@ -325,4 +343,67 @@ def score_case(
         {"class_id": c, "class_name": str(names.get(str(c), names.get(c, ""))), **v}
         for c, v in s["classes"].items()
     ]
-    return {"classes": len(rows), "dsc": s["dsc"], "nsd": s["nsd"]}, rows
+    scores = {"classes": len(rows), "dsc": s["dsc"], "nsd": s["nsd"]}
+    if protocol == "interactive" and case.all_segs is not None:
+        scores |= step_scores(
+            case.all_segs, case.gt, case.spacing, tolerance, final=case.pred, at_final=s
+        )
+    return scores, rows
+
+
+#: steps of the challenge's interactive loop (the box, then 5 clicks)
+INTERACTIVE_STEPS = 6
+
+
+def step_scores(
+    all_segs: np.ndarray,
+    gt: np.ndarray,
+    spacing: tuple[float, ...],
+    tolerance: float = 2.0,
+    final: np.ndarray | None = None,
+    at_final: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Per-step DSC / NSD, AUC and final values of an interactive run, as ``CVPR25_iter_eval.py``.
+
+    Every step is scored with the interactive rule (NSD only when the case-mean DSC > 0.2).
+    ``all_segs`` of 5 entries is a case without boxes: the official loop skips its box step
+    and scores it DSC = NSD = 0, so step 1 is 0 and the entries are steps 2..6. Any other count
+    is steps 1..n. ``dsc_auc`` / ``nsd_auc`` are the trapezoid areas over the last five steps at
+    x = 0..4 (``cumulative_trapezoid(dscs[-5:], np.arange(5))[-1]``; NaN with fewer than two
+    steps); ``dsc_final`` / ``nsd_final`` are the last step's.
+
+    Args:
+        all_segs: The predictions ``[steps, *S]``.
+        gt: Reference label map ``[*S]``.
+        spacing: Voxel size in mm.
+        tolerance: NSD tolerance in mm.
+        final: The case's ``segs``; with ``at_final`` (its scores) a last step equal to it is
+            not scored again.
+        at_final: The scores of ``final`` (``dsc``, ``nsd``).
+
+    Returns:
+        ``dsc_auc``, ``nsd_auc``, ``dsc_final``, ``nsd_final``, then ``dsc_<k>`` and ``nsd_<k>``
+        for every step ``k`` from 1.
+    """
+    dscs: list[float] = []
+    nsds: list[float] = []
+    if len(all_segs) == INTERACTIVE_STEPS - 1:  # no boxes: the skipped box step scores 0
+        dscs.append(0.0)
+        nsds.append(0.0)
+    last = len(all_segs) - 1
+    for k, seg in enumerate(all_segs):
+        reuse = k == last and at_final is not None and final is not None
+        if reuse and np.array_equal(seg, final):
+            s = at_final
+        else:
+            s = interactive_case_scores(seg, gt, spacing, None, tolerance)
+        dscs.append(float(s["dsc"]))
+        nsds.append(float(s["nsd"]))
+    out: dict[str, float] = {}
+    for name, values in (("dsc", dscs), ("nsd", nsds)):
+        summary = summarise_steps(values, auc_steps=AUC_STEPS)
+        out[f"{name}_auc"] = summary["auc"] if len(values) > 1 else math.nan
+        out[f"{name}_final"] = summary["final"]
+    for name, values in (("dsc", dscs), ("nsd", nsds)):
+        out |= {f"{name}_{k}": v for k, v in enumerate(values, start=1)}
+    return out

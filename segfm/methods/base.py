@@ -325,6 +325,7 @@ class BaseTask(pl.LightningModule, ABC):
             num_overlays=num_overlays,
             box=self.test_protocol.box,
             click_rule=self.evaluation.click_rule,
+            boxes_from_mask=self.evaluation.boxes_from_mask,
         )
 
     def on_test_epoch_end(self) -> None:
@@ -427,7 +428,7 @@ class BaseTask(pl.LightningModule, ABC):
             raise DataError(msg)
         segment = self.segment_interactive
         return protocol_prediction(
-            segment, image, label, spacing, self.test_protocol, self.evaluation
+            segment, image, label, spacing, self.test_protocol, self.evaluation, meta
         )
 
     # ------------------------------------------------------------------ outputs

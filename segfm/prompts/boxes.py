@@ -1,7 +1,8 @@
-"""Box prompts: tight boxes of binary masks and the random enlargement used in training."""
+"""Box prompts: tight 2D boxes, training jitter, and the CVPR 2025 challenge's 3D boxes."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -84,16 +85,38 @@ def expand_boxes(boxes: Tensor, margin: float, size: tuple[int, int]) -> Tensor:
     return torch.minimum((boxes + sign * margin).clamp(min=0), upper)
 
 
-def volume_boxes(label: Tensor, class_ids: list[int]) -> dict[int, dict[str, int]]:
-    """3D box prompts of classes in a label volume, in the CVPR 2025 challenge's layout.
+#: seed of the box margins: ``get_boxes.py`` seeds numpy's global generator with 2025
+BOX_SEED = 2025
+#: largest margin draw (exclusive), in pixels of a 256-pixel slice: ``np.random.randint(0, 6)``
+MAX_BOX_SHIFT = 6
 
-    The box of a class is its slice range ``[z_min, z_max]`` (closed) and its tight 2D box on a
-    middle slice ``z_mid``: the median of the slices where the class is present, so the middle
+
+def volume_boxes(
+    label: Tensor, class_ids: list[int], margin: bool = True, seed: int = BOX_SEED
+) -> dict[int, dict[str, int]]:
+    """3D box prompts of classes in a label volume, by the CVPR 2025 challenge's ``get_boxes.py``.
+
+    The box of a class is its slice range ``[z_min, z_max]`` (closed, tight) and a 2D box on its
+    middle slice ``z_mid``: the *upper* middle of the slices where the class is present
+    (``z_indices[len(z_indices) // 2]`` of the sorted unique slice indices), so the middle
     slice always contains the class even when its extent in z has gaps.
+
+    With ``margin`` (the challenge's rule), each side of the tight 2D box moves outwards by a
+    random margin: per class one draw ``shift = randint(0, 6)``, then ``int(shift * W / 256)``
+    pixels in x and ``int(shift * H / 256)`` in y (``H``, ``W``: the slice size, so a 512-wide
+    slice moves twice as far), clipped to ``[0, W - 1]`` and ``[0, H - 1]``. The draws come
+    from ``numpy.random.RandomState(seed)``, one new generator per call (per case), one
+    ``randint(0, 6, 1)`` per boxed class in sorted class order; the official script draws from
+    numpy's global generator seeded once per process of a multiprocessing pool (and draws
+    colours for its pictures in between), so its exact margins cannot be reproduced, only
+    their distribution. Without ``margin`` the 2D box is tight.
 
     Args:
         label: Label volume ``[D, H, W]``.
-        class_ids: Classes to box; classes absent from the volume are skipped.
+        class_ids: Classes to box; classes absent from the volume are skipped (and draw no
+            margin).
+        margin: Widen the 2D boxes by the challenge's random margin; False: tight boxes.
+        seed: Seed of the margins.
 
     Returns:
         ``{class_id: {"z_min", "z_max", "z_mid", "z_mid_x_min", "z_mid_y_min", "z_mid_x_max",
@@ -102,15 +125,22 @@ def volume_boxes(label: Tensor, class_ids: list[int]) -> dict[int, dict[str, int
     if label.ndim != 3:
         msg = f"label must be [D, H, W], got shape {tuple(label.shape)}"
         raise ValueError(msg)
+    _d, h, w = label.shape
+    rng = np.random.RandomState(seed) if margin else None
     out: dict[int, dict[str, int]] = {}
-    for c in class_ids:
+    for c in sorted(int(c) for c in class_ids):
         mask = label == c
         zs = torch.nonzero(mask.flatten(1).any(dim=1)).flatten()
         if zs.numel() == 0:
             continue
-        z_mid = int(zs[(zs.numel() - 1) // 2])
+        z_mid = int(zs[zs.numel() // 2])
         x0, y0, x1, y1 = (int(v) for v in masks_to_boxes(mask[z_mid][None])[0])
-        out[int(c)] = {
+        if rng is not None:
+            shift = int(rng.randint(0, MAX_BOX_SHIFT, 1)[0])
+            dx, dy = int(shift * w / 256), int(shift * h / 256)
+            x0, x1 = max(0, x0 - dx), min(w - 1, x1 + dx)
+            y0, y1 = max(0, y0 - dy), min(h - 1, y1 + dy)
+        out[c] = {
             "z_min": int(zs[0]),
             "z_max": int(zs[-1]),
             "z_mid": z_mid,

@@ -134,35 +134,67 @@ def largest_error_component(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
-def _padded_box(component: np.ndarray) -> tuple[slice, ...]:
-    """Bounding box of a non-empty mask, padded by ``max(int(0.25 * size), 1)`` per axis."""
-    boxes = []
-    for axis, idx in enumerate(np.nonzero(component)):
-        lo, hi = int(idx.min()), int(idx.max())
-        pad = max(int(0.25 * (hi - lo + 1)), 1)
-        boxes.append(slice(max(lo - pad, 0), min(hi + pad + 1, component.shape[axis])))
-    return tuple(boxes)
+def _component_box(component: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start (inclusive) and size of the bounding box of a non-empty mask, per axis."""
+    found = np.nonzero(component)
+    lo = np.array([int(idx.min()) for idx in found])
+    hi = np.array([int(idx.max()) + 1 for idx in found])
+    return lo, hi - lo
 
 
-def _edt_outside_is_background(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance (voxel units) of each voxel to the nearest background voxel.
+def _padding(size: np.ndarray) -> np.ndarray:
+    """The challenge's padding of a bounding box: ``max(int(0.25 * size), 1)`` per axis."""
+    return np.maximum((size * 0.25).astype(int), 1)
 
-    Voxels beyond the array count as background (one layer of zeros is added around it).
+
+def _block_max(array: np.ndarray) -> np.ndarray:
+    """2x max-pooling per axis from index 0, zeros appended to odd axes.
+
+    The result of ``skimage.measure.block_reduce(array, (2,) * ndim, np.max)`` (its ``cval`` 0
+    pads each axis at its end up to a multiple of 2).
     """
-    padded = np.pad(mask, 1, constant_values=False)
-    dist = ndimage.distance_transform_edt(padded)
-    return dist[(slice(1, -1),) * mask.ndim]
-
-
-def _coarse_edt(mask: np.ndarray) -> np.ndarray:
-    """:func:`_edt_outside_is_background` on a 2x max-pooled grid, repeated back to full size."""
-    even = np.pad(mask, [(0, s % 2) for s in mask.shape], constant_values=False)
+    even = np.pad(array, [(0, s % 2) for s in array.shape])
     blocks = even.reshape([v for s in even.shape for v in (s // 2, 2)])
-    coarse = blocks.max(axis=tuple(range(1, 2 * mask.ndim, 2)))
-    dist = _edt_outside_is_background(coarse)
-    for axis in range(mask.ndim):
-        dist = np.repeat(dist, 2, axis=axis)
-    return dist[tuple(slice(0, s) for s in mask.shape)]
+    return blocks.max(axis=tuple(range(1, 2 * array.ndim, 2)))
+
+
+def _component_edt(component: np.ndarray, max_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The challenge's distance transform of the largest error component, on its bounding box.
+
+    As ``compute_edt`` of ``CVPR25_iter_eval.py``: the bounding box, padded by
+    :func:`_padding` per axis *without* clipping to the array, is a fresh zero array holding the
+    component; if it has more than ``max_voxels`` voxels it is 2x max-pooled from its first
+    voxel (the box start minus the padding) before the Euclidean distance transform (voxel
+    units, plain :func:`scipy.ndimage.distance_transform_edt`) and the distances are repeated
+    back. Only the bounding box of the component is returned: the official script writes zeros
+    everywhere else.
+
+    Args:
+        component: Non-empty bool mask, 2D or 3D.
+        max_voxels: Padded size above which the coarse grid is used (60,000,000 in the
+            challenge).
+
+    Returns:
+        ``(dist, start)``: the distances on the bounding box (float64, not yet masked by the
+        component) and the box's start per axis.
+    """
+    lo, size = _component_box(component)
+    pad = _padding(size)
+    padded_shape = size + 2 * pad
+    coarse = int(np.prod(padded_shape)) > max_voxels
+    # a coarse grid needs even axes: the extra zeros are the block_reduce padding at the end
+    alloc = padded_shape + (padded_shape % 2 if coarse else 0)
+    padded = np.zeros(tuple(int(s) for s in alloc), dtype=np.uint8)
+    inner = tuple(slice(int(p), int(p + s)) for p, s in zip(pad, size, strict=True))
+    padded[inner] = component[
+        tuple(slice(int(a), int(a + s)) for a, s in zip(lo, size, strict=True))
+    ]
+    if not coarse:
+        return ndimage.distance_transform_edt(padded)[inner], lo
+    dist = ndimage.distance_transform_edt(_block_max(padded))
+    # repeat(2) then crop == coarse cell (padded index // 2) of each voxel of the box
+    cells = [(np.arange(s) + p) // 2 for p, s in zip(pad, size, strict=True)]
+    return dist[np.ix_(*cells)], lo
 
 
 def center_error_click(
@@ -170,20 +202,27 @@ def center_error_click(
 ) -> tuple[tuple[int, ...], bool] | None:
     """The next click of the CVPR 2025 interactive protocol: the centre of the largest error.
 
-    The largest connected error component (:func:`largest_error_component`) is cropped to its
-    bounding box padded by ``max(int(0.25 * size), 1)`` per axis (clipped to the array); inside
-    the crop, the Euclidean distance transform (voxel units, spacing ignored) gives each component
-    voxel its distance to the nearest non-component voxel, outside the array counting as
-    non-component. A crop of more than ``max_voxels`` voxels is 2x max-pooled first and the
-    distances repeated back. The click is a voxel of maximal distance; ties are broken by
-    ``numpy.random.RandomState(seed)`` choosing uniformly among the maximal voxels in
-    :func:`numpy.argwhere` order, so the same inputs and seed always give the same click.
+    The rule of ``CVPR25_iter_eval.py`` (``compute_edt`` and ``sample_coord``), step by step:
+
+    1. the largest connected error component (:func:`largest_error_component`);
+    2. its bounding box padded by ``max(int(0.25 * size), 1)`` per axis, *not* clipped to the
+       array: a fresh zero array of the padded shape, so beyond the array counts as background;
+    3. if that padded shape has more than ``max_voxels`` voxels (decided on the unclipped
+       shape), 2x max-pooling on the grid that starts at the box start minus the padding (odd
+       axes padded with zeros at their end, as ``skimage.measure.block_reduce``);
+    4. the Euclidean distance transform (voxel units, spacing ignored), repeated back 2x on the
+       coarse path, cropped to the box and multiplied by the component; if that is all zero,
+       the component itself;
+    5. a voxel of maximal value: ``numpy.random.RandomState(seed)`` (the official
+       ``np.random.seed(42)``) chooses uniformly among the maximal voxels in
+       :func:`numpy.argwhere` order, so the same inputs and seed always give the same click.
 
     Args:
         pred: Prediction of one class, bool (or 0/1) array, 2D or 3D.
         target: Ground truth of that class, same shape.
         seed: Seed of the tie-break.
-        max_voxels: Crop size above which the distance transform runs on the coarser grid.
+        max_voxels: Padded size above which the distance transform runs on the coarser grid
+            (60,000,000 in the challenge; smaller values exercise the same path cheaply).
 
     Returns:
         ``(coords, is_positive)``: the voxel indices in array-axis order and whether the target
@@ -197,15 +236,16 @@ def center_error_click(
     component = largest_error_component(pred, target)
     if not component.any():
         return None
-    box = _padded_box(component)
-    crop = component[box]
-    dist = _coarse_edt(crop) if crop.size > max_voxels else _edt_outside_is_background(crop)
+    dist, start = _component_edt(component, max_voxels)
+    crop = component[
+        tuple(slice(int(a), int(a + s)) for a, s in zip(start, dist.shape, strict=True))
+    ]
     dist = np.where(crop, dist, 0.0)
     if not dist.any():
         dist = crop.astype(np.float64)
     best = np.argwhere(dist == dist.max())
     local = best[np.random.RandomState(seed).choice(len(best))]
-    coords = tuple(int(c + s.start) for c, s in zip(local, box, strict=True))
+    coords = tuple(int(c + a) for c, a in zip(local, start, strict=True))
     return coords, bool(target[coords])
 
 

@@ -51,8 +51,19 @@ def test_evaluation_cases_carry_prompts_and_masks(root):
         present = sorted(set(np.unique(volume.label).tolist()) - {0})
         if case.dataset == SEMANTIC:
             assert list(volume.text_prompts) == present and len(volume.boxes) == len(present)
-            box = volume.boxes[0]
-            assert volume.label[box["z_mid"]][box["z_mid_y_min"], box["z_mid_x_min"] :].any()
+            for c, box in zip(present, volume.boxes, strict=True):
+                # get_boxes.py: the tight box of the class on z_mid widened by at most
+                # int(5 * size / 256) px per side (clipped to the slice); z range tight
+                zs = np.flatnonzero((volume.label == c).any(axis=(1, 2)))
+                assert (box["z_min"], box["z_max"]) == (zs[0], zs[-1])
+                assert box["z_mid"] == zs[len(zs) // 2]
+                ys, xs = np.nonzero(volume.label[box["z_mid"]] == c)
+                h, w = volume.label.shape[1:]
+                dy, dx = int(5 * h / 256), int(5 * w / 256)
+                assert max(0, ys.min() - dy) <= box["z_mid_y_min"] <= ys.min()
+                assert max(0, xs.min() - dx) <= box["z_mid_x_min"] <= xs.min()
+                assert ys.max() <= box["z_mid_y_max"] <= min(h - 1, ys.max() + dy)
+                assert xs.max() <= box["z_mid_x_max"] <= min(w - 1, xs.max() + dx)
         else:
             assert list(volume.text_prompts) == [1] and volume.boxes is None
 

@@ -175,3 +175,62 @@ def test_merge_pools_every_process(tmp_path: Path) -> None:
     assert [r["case"] for r in ours.cases.rows] == ["a", "b"]
     files = ours.finish()
     assert "b" in files["overlay_worst"].name and "a" in files["overlay_best"].name
+
+
+def _oracle(image, spacing, prompts, previous):
+    ref = image.long()
+    return torch.where(torch.isin(ref, torch.tensor(sorted(prompts))), ref, 0)
+
+
+def test_challenge_npz_without_boxes_skips_the_box_step(tmp_path: Path) -> None:
+    # an npz case whose data module read no boxes (meta "boxes" None): as the official loop,
+    # step 1 scores 0 and all_segs holds the 5 click-step predictions
+    harness = ProtocolHarness("interactive", tmp_path)
+    calls = []
+
+    def method(image, spacing, prompts, previous):
+        calls.append({c: p.box for c, p in prompts.items()})
+        return _oracle(image, spacing, prompts, previous)
+
+    meta = {"file_name": "a.npz", "boxes": None}
+    assert harness.run_batch(_batch("a", _label(0), **meta), method)[0]["dsc"] == 1.0
+    assert len(calls) == 5 and all(box is None for call in calls for box in call.values())
+    row = harness.cases.rows[0]
+    assert row["dsc_1"] == 0.0 and row["nsd_1"] == 0.0 and row["dsc_2"] == 1.0
+    # the steps table still lists step 1, as skipped
+    first = harness.steps.rows[0]
+    assert first["step"] == 1 and first["skipped"] and first["dsc"] == 0.0
+    with np.load(tmp_path / "predictions" / "a.npz") as npz:
+        assert npz["all_segs"].shape == (5, *_label(0).shape)
+        assert np.array_equal(npz["all_segs"][-1], npz["segs"])
+
+
+@pytest.mark.parametrize(
+    ("boxes_from_mask", "meta", "predictions"),
+    [
+        (None, {}, 6),  # no boxes key (NIfTI, nnU-Net, npy): boxes from the mask
+        (True, {"boxes": None}, 6),  # asked for: boxes from the mask
+        (False, {}, 5),  # never: the box step is skipped
+    ],
+)
+def test_boxes_from_mask_option(
+    tmp_path: Path, boxes_from_mask: bool | None, meta: dict, predictions: int
+) -> None:
+    harness = ProtocolHarness("interactive", tmp_path, boxes_from_mask=boxes_from_mask)
+    harness.run_batch(_batch("a", _label(0), file_name="a.npz", **meta), _oracle)
+    assert harness.steps.rows[0]["skipped"] is (predictions == 5)
+    with np.load(tmp_path / "predictions" / "a.npz") as npz:
+        assert npz["all_segs"].shape[0] == predictions
+
+
+def test_box_only_run_of_an_npz_case_without_boxes(tmp_path: Path) -> None:
+    # auto: a box-only run (MedSAM's test) boxes the classes from the mask, else it would not
+    # run at all; forced off, nothing runs and the case scores 0 with an all-zero prediction
+    meta = {"file_name": "a.npz", "boxes": None}
+    auto = ProtocolHarness("interactive", tmp_path / "auto", num_clicks=0)
+    assert auto.run_batch(_batch("a", _label(0), **meta), _oracle)[0]["dsc"] == 1.0
+    off = ProtocolHarness("interactive", tmp_path / "off", num_clicks=0, boxes_from_mask=False)
+    assert off.run_batch(_batch("a", _label(0), **meta), _oracle)[0]["dsc"] == 0.0
+    assert off.steps.rows[0]["skipped"]
+    with np.load(tmp_path / "off" / "predictions" / "a.npz") as npz:
+        assert not npz["segs"].any() and "all_segs" not in npz.files

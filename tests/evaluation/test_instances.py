@@ -84,18 +84,87 @@ def test_matching_maximises_the_number_of_matches():
     assert s["dsc_tp"] == pytest.approx((2 * 30 / 130 + 2 * 40 / 150) / 2)
 
 
-def test_empty_cases():
+def test_empty_cases_strict_rule():
+    # segfm's earlier rule, kept as rules="strict"
     empty = np.zeros((5, 5, 5), np.int64)
     one = empty.copy()
     one[1:3, 1:3, 1:3] = 4
-    s = instance_f1(empty, empty)
+    s = instance_f1(empty, empty, rules="strict")
     assert (s["precision"], s["recall"], s["f1"]) == (1.0, 1.0, 1.0)
     assert math.isnan(s["dsc_tp"])
-    s = instance_f1(empty, one)  # everything missed
+    s = instance_f1(empty, one, rules="strict")  # everything missed
     assert (s["tp"], s["fn"], s["precision"], s["recall"], s["f1"]) == (0, 1, 0.0, 0.0, 0.0)
-    s = instance_f1(one, empty)  # only false positives
+    s = instance_f1(one, empty, rules="strict")  # only false positives
     assert (s["tp"], s["fp"], s["precision"], s["recall"], s["f1"]) == (0, 1, 0.0, 0.0, 0.0)
     assert math.isnan(s["dsc_tp"])
+
+
+# --- the official eval_tp_fp_fn and F1 code (CVPR25_text_eval.py), the default -------------
+
+
+def test_empty_prediction_counts_nothing_challenge_rule():
+    # num_inst_seg == 0: tp = fp = fn = 0, so precision = recall = F1 = 0 and FN is 0 (not 2);
+    # matched_pairs None: DSC_TP 0
+    gt = three_gt_boxes()
+    gt[gt == 3] = 0
+    s = instance_f1(np.zeros_like(gt), gt)
+    assert (s["tp"], s["fp"], s["fn"], s["n_gt"], s["n_pred"]) == (0, 0, 0, 2, 0)
+    assert (s["precision"], s["recall"], s["f1"], s["dsc_tp"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_nothing_on_either_side_scores_zero_challenge_rule():
+    empty = np.zeros((5, 5, 5), np.int64)
+    s = instance_f1(empty, empty)
+    assert (s["tp"], s["fp"], s["fn"]) == (0, 0, 0)
+    assert (s["precision"], s["recall"], s["f1"], s["dsc_tp"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_no_matched_pair_gives_dsc_tp_zero_challenge_rule():
+    # one predicted box overlapping gt 1 with IoU 1/7 < 0.5 (shifted by 3 of 4): no match;
+    # tp 0, fp 1, fn 3 -> precision 0 / 1, recall 0 / 3, F1 0, DSC_TP 0 (strict: NaN)
+    gt = three_gt_boxes()
+    pred = np.zeros_like(gt)
+    box(pred, 7, (1, 1, 4), (4, 4, 4))
+    s = instance_f1(pred, gt)
+    assert (s["tp"], s["fp"], s["fn"]) == (0, 1, 3)
+    assert (s["precision"], s["recall"], s["f1"], s["dsc_tp"]) == (0.0, 0.0, 0.0, 0.0)
+    assert math.isnan(instance_f1(pred, gt, rules="strict")["dsc_tp"])
+
+
+def test_only_false_positives_challenge_rule():
+    # empty reference, one predicted instance: tp 0, fp 1, fn 0 -> 0, 0, 0
+    empty = np.zeros((5, 5, 5), np.int64)
+    one = empty.copy()
+    one[1:3, 1:3, 1:3] = 4
+    s = instance_f1(one, empty)
+    assert (s["tp"], s["fp"], s["fn"]) == (0, 1, 0)
+    assert (s["precision"], s["recall"], s["f1"], s["dsc_tp"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+def test_two_valued_prediction_without_background_is_split_challenge_rule():
+    # len(np.unique(seg)) == 2 with no 0: the official script labels the 6-connected components
+    # of each value (cc3d keeps values apart). Value 1 on columns 0-1 and 4-5, value 2 on
+    # columns 2-3: value 1 has two components and value 2 one, three instances, each equal to
+    # a reference instance
+    pred = np.ones((2, 4, 6), np.int64)
+    pred[:, :, 2:4] = 2
+    gt = np.zeros_like(pred)
+    gt[:, :, 0:2], gt[:, :, 2:4], gt[:, :, 4:6] = 1, 2, 3
+    s = instance_f1(pred, gt)
+    assert (s["tp"], s["fp"], s["fn"], s["n_pred"]) == (3, 0, 0, 3)
+    assert s["f1"] == 1.0 and s["dsc_tp"] == 1.0
+    # strict: no 0 among the two values, not split: value 1 (32 voxels) has IoU 16 / 32 = 0.5
+    # with gt 1 and with gt 3, one of them matches; value 2 = gt 2; one reference missed
+    s = instance_f1(pred, gt, rules="strict")
+    assert (s["tp"], s["fp"], s["fn"], s["n_pred"]) == (2, 0, 1, 2)
+
+
+def test_split_binary_of_any_two_values():
+    labels = np.full((3, 3), 4)
+    labels[0, 0] = 6
+    parts = split_binary(labels, background_required=False)
+    assert sorted(np.unique(parts).tolist()) == [1, 2]  # no background left: 0 never appears
+    assert np.array_equal(split_binary(labels), labels)
 
 
 def test_errors():
@@ -103,3 +172,5 @@ def test_errors():
         instance_f1(np.zeros((3, 3)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="iou_threshold"):
         instance_f1(np.zeros((3, 3)), np.zeros((3, 3)), iou_threshold=0.0)
+    with pytest.raises(ValueError, match="rules"):
+        instance_f1(np.zeros((3, 3)), np.zeros((3, 3)), rules="lenient")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segfm.evaluation.interactive import ClassPrompt, run_interactive
+from segfm.evaluation.interactive import ClassPrompt, case_boxes, run_interactive
 
 SHAPE = (12, 12, 12)
 
@@ -177,3 +177,45 @@ def test_an_empty_reference_is_refused() -> None:
         run_interactive(
             Scripted([]), torch.zeros(SHAPE), torch.zeros(SHAPE).long(), (1.0,) * 3, None
         )
+
+
+def test_without_boxes_all_segs_holds_the_five_predictions_made() -> None:
+    # the official loop appends to all_segs only after a model call: no entry for step 1
+    label = _cube((3, 3, 3), 4)
+    half = _cube((3, 3, 3), 4)
+    half[5:] = 0
+    outputs = [half, half, label, label, label]
+    result = run_interactive(Scripted(outputs), torch.zeros(SHAPE), label, (1.0, 1.0, 1.0), {})
+    assert len(result.steps) == 6 and result.steps[0]["skipped"]
+    assert len(result.segs) == 5
+    for seg, out in zip(result.segs, outputs, strict=True):
+        assert np.array_equal(seg, out.numpy())
+    # scores: step 1 is 0; half the cube (32 of 64 voxels) is DSC 2 * 32 / 96 = 2/3
+    assert [s["dsc"] for s in result.steps] == pytest.approx([0, 2 / 3, 2 / 3, 1, 1, 1])
+    # AUC over the last five steps, x = 0..4
+    auc = (2 / 3 + 2 / 3) / 2 + (2 / 3 + 1) / 2 + 1 + 1
+    assert result.summary["dsc_auc"] == pytest.approx(auc)
+
+
+@pytest.mark.parametrize(
+    ("meta", "from_mask", "boxed"),
+    [
+        ({"boxes": None}, None, False),  # challenge npz without boxes: step 1 skipped
+        ({}, None, True),  # a format that never carries boxes: boxes from the mask
+        ({"boxes": None}, True, True),
+        ({}, False, False),
+    ],
+)
+def test_case_boxes_auto_true_false(meta: dict, from_mask: bool | None, boxed: bool) -> None:
+    label = _cube((3, 3, 3), 4)
+    boxes = case_boxes(label, meta, from_mask)
+    assert (1 in boxes) is boxed
+    if boxed:  # the tight z range of the cube (the 2D box may carry the random margin)
+        assert (boxes[1]["z_min"], boxes[1]["z_max"]) == (3, 6)
+
+
+def test_case_boxes_keeps_the_data_boxes() -> None:
+    label = _cube((3, 3, 3), 4)
+    given = _box((2, 2, 2), 6)
+    assert case_boxes(label, {"boxes": {1: given}}, None) == {1: given}
+    assert case_boxes(label, {"boxes": {1: given}}, True) == {1: given}

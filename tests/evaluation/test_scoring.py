@@ -261,3 +261,76 @@ def test_case_without_classes_is_left_out_of_the_mean(tmp_path):
     report = score_folders(str(pred_dir), str(gt_dir), str(tmp_path / "out"))
     # no class in the ground truth: nothing to average, the case is NaN and left out of the mean
     assert report["dsc"]["n"] == 0 and math.isnan(report["dsc"]["mean"])
+
+
+# --- all_segs: per-step scores, AUC and final values of CVPR25_iter_eval.py ------------------
+
+
+def _steps_of_two_classes():
+    """Predictions with known scores against two_classes() (two cuboids of 108 voxels)."""
+    gt = two_classes()
+    nothing = np.zeros_like(gt)
+    sliver = np.zeros_like(gt)
+    sliver[1:2, 2:4, 2:8] = 1  # 12 voxels of class 1: Dice 24 / 120 = 0.2, class 2 0
+    one = np.where(gt == 1, 1, 0).astype(np.uint8)  # class 1 exact, class 2 missed
+    return gt, nothing, sliver, one
+
+
+def test_evaluate_all_segs_per_step_auc_and_final(tmp_path, capsys):
+    from segfm.commands.evaluate import evaluate
+
+    gt, nothing, sliver, one = _steps_of_two_classes()
+    gt_dir, pred_dir, out = tmp_path / "gt", tmp_path / "pred", tmp_path / "out"
+    gt_dir.mkdir(), pred_dir.mkdir()
+    for name in ("boxed", "unboxed", "plain"):
+        np.savez_compressed(gt_dir / f"{name}.npz", gts=gt, spacing=np.array(SPACING))
+    # 6 steps. Case-mean DSC: 0; (0.2 + 0) / 2 = 0.1; (1 + 0) / 2 = 0.5 twice; 1 twice.
+    # NSD: 0 (DSC <= 0.2, although class 1 alone has surface overlap); 0 again (the 0.2 rule
+    # is on the case mean 0.1); (1 + 0) / 2 = 0.5 twice; 1 twice.
+    boxed = np.stack([nothing, sliver, one, one, gt, gt])
+    np.savez_compressed(pred_dir / "boxed.npz", segs=gt, all_segs=boxed)
+    # 5 entries: no boxes, the official step 1 is DSC 0 / NSD 0; then 0.5, 0.5, 1, 1, 1
+    unboxed = np.stack([one, one, gt, gt, gt])
+    np.savez_compressed(pred_dir / "unboxed.npz", segs=gt, all_segs=unboxed)
+    np.savez_compressed(pred_dir / "plain.npz", segs=one)  # no all_segs: no step scores
+    report = evaluate(str(pred_dir), str(gt_dir), str(out))
+    rows = read_csv(out / "cases.csv")
+    b, u, p = rows["boxed"], rows["unboxed"], rows["plain"]
+    dsc_b = [0.0, 0.1, 0.5, 0.5, 1.0, 1.0]
+    nsd_b = [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
+    dsc_u = nsd_u = [0.0, 0.5, 0.5, 1.0, 1.0, 1.0]
+    for k in range(6):
+        assert float(b[f"dsc_{k + 1}"]) == pytest.approx(dsc_b[k], abs=1e-4)
+        assert float(b[f"nsd_{k + 1}"]) == pytest.approx(nsd_b[k], abs=1e-4)
+        assert float(u[f"dsc_{k + 1}"]) == pytest.approx(dsc_u[k], abs=1e-4)
+        assert float(u[f"nsd_{k + 1}"]) == pytest.approx(nsd_u[k], abs=1e-4)
+        assert p[f"dsc_{k + 1}"] == "nan"
+    # trapezoids over the last 5 steps at x = 0..4
+    auc_dsc_b = (0.1 + 0.5) / 2 + (0.5 + 0.5) / 2 + (0.5 + 1) / 2 + (1 + 1) / 2  # 2.55
+    auc_nsd_b = (0.0 + 0.5) / 2 + (0.5 + 0.5) / 2 + (0.5 + 1) / 2 + (1 + 1) / 2  # 2.5
+    auc_u = (0.5 + 0.5) / 2 + (0.5 + 1) / 2 + (1 + 1) / 2 + (1 + 1) / 2  # 3.25
+    assert float(b["dsc_auc"]) == pytest.approx(auc_dsc_b, abs=1e-4)
+    assert float(b["nsd_auc"]) == pytest.approx(auc_nsd_b, abs=1e-4)
+    assert float(u["dsc_auc"]) == pytest.approx(auc_u, abs=1e-4)
+    assert float(u["nsd_auc"]) == pytest.approx(auc_u, abs=1e-4)
+    assert float(b["dsc_final"]) == 1.0 and float(u["nsd_final"]) == 1.0
+    assert float(p["dsc"]) == 0.5 and p["dsc_auc"] == "nan"
+    # the summary: means over the two cases with all_segs
+    assert report["dsc_auc"]["n"] == 2
+    assert report["dsc_auc"]["mean"] == pytest.approx((auc_dsc_b + auc_u) / 2)
+    assert report["dsc_2"]["mean"] == pytest.approx((0.1 + 0.5) / 2)
+    printed = capsys.readouterr().out
+    assert f"dsc_auc   {(auc_dsc_b + auc_u) / 2:.4f}" in printed
+    assert "dsc by step 1..6: 0.0000 0.3000 0.5000 0.7500 1.0000 1.0000  (n=2)" in printed
+    assert "nsd by step 1..6: 0.0000 0.2500 0.5000 0.7500 1.0000 1.0000  (n=2)" in printed
+
+
+def test_all_segs_of_the_wrong_shape_is_refused(tmp_path):
+    gt = two_classes()
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir(), pred_dir.mkdir()
+    np.savez_compressed(gt_dir / "a.npz", gts=gt, spacing=np.array(SPACING))
+    np.savez_compressed(pred_dir / "a.npz", segs=gt, all_segs=gt)  # not stacked
+    (pair,), _ = pair_cases(pred_dir, gt_dir)
+    with pytest.raises(DataError, match="all_segs has shape"):
+        load_case(pair)

@@ -153,3 +153,14 @@ def test_box_protocol_scores_slice_propagation(method, tmp_path):
     expected = (dice(seg == 1, label == 1) + dice(seg == 2, label == 2)) / 2
     assert scores["dsc"] == pytest.approx(expected)
     assert [r["prompt"] for r in harness.steps.rows] == ["box"]
+
+
+@pytest.mark.parametrize("boxes_from_mask", [None, True, False])
+def test_evaluation_boxes_from_mask_reaches_the_harness(boxes_from_mask):
+    from segfm.evaluation.options import Evaluation
+
+    method = MedSAM(
+        arch="tiny", image_size=32, evaluation=Evaluation(boxes_from_mask=boxes_from_mask)
+    )
+    harness = method._make_harness(save_predictions=False, num_overlays=0)
+    assert harness.boxes_from_mask is boxes_from_mask

@@ -202,3 +202,76 @@ def test_clicks_as_tensors():
     assert labels.dtype == torch.int64 and labels.tolist() == [[1, 0]]
     with pytest.raises(ValueError, match="3 coordinates"):
         clicks.add((1, 2), True)
+
+
+# --- the official compute_edt: padding not clipped to the volume -----------------------------
+# A 13^3 missed cube at x = 0..12 (touching the border), z = y = 4..16 in a (24, 24, 20) volume.
+# Padding int(0.25 * 13) = 3 per axis. Padded box unclipped: 19^3 = 6859 voxels; clipped to the
+# volume (x from 0 instead of -3): 19 * 19 * 16 = 5776 voxels.
+# Full resolution: per-axis distance min(i + 1, 13 - i) peaks at 7 on local index 6 only, so
+# the click is (10, 10, 6).
+# Coarse grid of the official rule: it starts at the box start minus 3 (z, y from 1, x from -3),
+# so cell k covers {start + 2k, start + 2k + 1}; the cube fills cells 1..7 on every axis and
+# cells 0 and 8 are zeros: cell distances min(k, 8 - k) peak at 4 on cell 4 alone, i.e.
+# z, y in {9, 10} and x in {5, 6}: 8 tied voxels, in argwhere order
+# (9,9,5) (9,9,6) (9,10,5) (9,10,6) (10,9,5) (10,9,6) (10,10,5) (10,10,6).
+# The tie-break np.random.seed(42); np.random.choice(8) gives 6: (10, 10, 5).
+CUBE_TIES = list(itertools.product((9, 10), (9, 10), (5, 6)))
+
+
+def _border_cube() -> tuple[np.ndarray, np.ndarray]:
+    target = np.zeros((24, 24, 20), bool)
+    target[4:17, 4:17, 0:13] = True
+    return np.zeros_like(target), target
+
+
+def test_coarse_decision_uses_the_unclipped_padded_box():
+    pred, target = _border_cube()
+    assert np.random.RandomState(42).choice(8) == 6  # the official tie-break draw
+    assert CUBE_TIES[6] == (10, 10, 5)
+    # 5776 (clipped) <= 6000 < 6859 (unclipped): the official rule pools, the clipped one did not
+    assert center_error_click(pred, target, max_voxels=6000) == ((10, 10, 5), True)
+    # the boundary is "more than max_voxels" voxels of the unclipped box
+    assert center_error_click(pred, target, max_voxels=6858) == ((10, 10, 5), True)
+    assert center_error_click(pred, target, max_voxels=6859) == ((10, 10, 6), True)
+
+
+def test_coarse_grid_starts_at_the_box_start_minus_the_padding():
+    pred, target = _border_cube()
+    # both rules pool here; a grid starting at the clipped box (x = 0) would put the best x
+    # cells at {6, 7} (click (10, 10, 6)); the official grid starts at x = -3: x in {5, 6}
+    picks = {center_error_click(pred, target, seed=s, max_voxels=100)[0] for s in range(40)}
+    assert picks == set(CUBE_TIES)
+    assert center_error_click(pred, target, max_voxels=100) == ((10, 10, 5), True)
+
+
+def test_coarse_grid_without_background_along_an_axis():
+    # a 2-slice slab filling a (2, 8, 8) volume: padding 1 in z (padded z = 4, two cells that
+    # both hold the slab: no zero cell along z) and 2 in y, x (padded 12, cells 1..4 hold the
+    # slab, 0 and 5 are zeros). Cell distances along y, x: min(k, 5 - k), peak 2 on cells
+    # {2, 3}, i.e. padded 4..7, local 2..5; along z any cell. The official transform has no
+    # zero layer beyond the coarse array: z decides nothing, so ties are z in {0, 1} and
+    # y, x in {2..5}: 32 voxels; np.random.RandomState(42).choice(32) == 6 -> (0, 3, 4).
+    target = np.ones((2, 8, 8), bool)
+    ties = list(itertools.product((0, 1), range(2, 6), range(2, 6)))
+    assert np.random.RandomState(42).choice(32) == 6
+    assert ties[6] == (0, 3, 4)
+    assert center_error_click(np.zeros_like(target), target, max_voxels=10) == ((0, 3, 4), True)
+    picks = {
+        center_error_click(np.zeros_like(target), target, seed=s, max_voxels=10)[0]
+        for s in range(200)
+    }
+    assert picks == set(ties)
+
+
+def test_padded_box_over_60_million_voxels_is_pooled():
+    # a missed slab filling a (2, 2600, 2600) volume (13.5 M voxels). Padding 1 in z and 650 in
+    # y, x: the unclipped padded box is 4 * 3900 * 3900 = 60.84 M > 60 M voxels (clipped to the
+    # volume it would be 13.5 M: no pooling, and every voxel would tie at distance 1 along z).
+    # Pooled: along y, x the slab fills cells 325..1624 of 1950, distances
+    # min(k - 324, 1625 - k) peak at 650 on cells 974, 975 = padded 1948..1951 = local
+    # 1298..1301; along z both cells hold the slab (no zero): ties z in {0, 1}, y, x in
+    # 1298..1301, 32 voxels; RandomState(42).choice(32) == 6 -> (0, 1299, 1300).
+    target = np.ones((2, 2600, 2600), bool)
+    assert 4 * 3900 * 3900 > 60_000_000 >= target.size
+    assert center_error_click(np.zeros_like(target), target) == ((0, 1299, 1300), True)
