@@ -212,6 +212,7 @@ class ProtocolHarness:
     ) -> dict[str, float]:
         instance = bool(meta.get("instance", False))
         prompts = dict(meta.get("text_prompts") or {})
+        given = bool(prompts)  # the data's prompts: all are segmented, as in the challenge
         if not prompts:  # the classes' canonical prompts
             prompts = {
                 int(c): (info.prompts[0] if info.prompts else info.name)
@@ -220,7 +221,9 @@ class ProtocolHarness:
         if not prompts:
             msg = f"case {case_id!r} has no text prompts and no class names to prompt with"
             raise ValueError(msg)
-        result = run_text(segment, image, label, spacing, prompts, instance, self.tolerance, meta)
+        result = run_text(
+            segment, image, label, spacing, prompts, instance, self.tolerance, meta, given
+        )
         self.cases.add(
             case=case_id,
             dataset=meta.get("dataset", ""),

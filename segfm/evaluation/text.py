@@ -1,7 +1,9 @@
 """The CVPR 2025 text-guided protocol, for any method that segments from text prompts.
 
-Semantic datasets: every class named in the case's text prompts and present in the reference is
-segmented from its prompt and scored with DSC and NSD (no DSC threshold). Instance datasets: one
+Semantic datasets: the classes named in the case's text prompts are segmented from their prompts
+(all of them when the data gives the prompts, as the challenge's container gets the file's
+``text_prompts``; only those present in the reference when segfm names the classes itself) and
+those present in the reference are scored with DSC and NSD (no DSC threshold). Instance datasets: one
 prompt; a binary prediction is split into connected instances, matched to the reference at
 IoU >= 0.5, and scored with F1 and the Dice of the matched pairs.
 """
@@ -34,6 +36,7 @@ def run_text(
     instance: bool,
     tolerance: float = 2.0,
     meta: CaseMeta | None = None,
+    prompt_absent: bool = False,
 ) -> dict[str, Any]:
     """Run the text-guided protocol on one case.
 
@@ -46,6 +49,8 @@ def run_text(
         instance: Whether the label holds instances of one class.
         tolerance: NSD tolerance in mm.
         meta: The case's metadata, handed to ``segment`` (empty when None).
+        prompt_absent: Also segment the prompted classes absent from the reference (the
+            challenge gives the container every prompt of the file); they are not scored.
 
     Returns:
         ``seg`` (the prediction), ``dsc``, ``nsd`` (NaN for instance cases), ``f1``, ``dsc_tp``
@@ -62,8 +67,9 @@ def run_text(
         asked = dict(prompts)
     else:
         present = {int(c) for c in np.unique(gt) if c != 0}
-        asked = {c: t for c, t in prompts.items() if c in present}
-        if not asked:
+        scored = {c: t for c, t in prompts.items() if c in present}
+        asked = dict(prompts) if prompt_absent else scored
+        if not scored:
             msg = f"none of the prompted classes {sorted(prompts)} is in the reference"
             raise ValueError(msg)
     start = time.perf_counter()
@@ -80,7 +86,7 @@ def run_text(
             "classes": {},
             "seconds": seconds,
         }
-    scores = semantic_case_scores(seg, gt, spacing, sorted(asked), tolerance)
+    scores = semantic_case_scores(seg, gt, spacing, sorted(scored), tolerance)
     return {
         "seg": seg,
         "dsc": scores["dsc"],

@@ -72,3 +72,25 @@ def test_no_prompted_class_present() -> None:
             {3: "x"},
             instance=False,
         )
+
+
+def test_data_prompts_are_all_segmented_but_only_present_classes_scored() -> None:
+    # the challenge's container gets every prompt of the file, absent classes included
+    label = torch.zeros(8, 8, 8, dtype=torch.long)
+    label[:4] = 1
+    seen = {}
+
+    def segment(image, spacing, prompts, meta):
+        seen.update(prompts)
+        pred = torch.zeros_like(label)
+        pred[:2] = 1
+        pred[2:4] = 7  # the absent class takes half of class 1
+        return pred
+
+    prompts = {1: "liver", 7: "absent organ"}
+    out = run_text(
+        segment, torch.zeros(8, 8, 8), label, (1.0,) * 3, prompts, False, 2.0, None, True
+    )
+    assert seen == {1: "liver", 7: "absent organ"}
+    assert list(out["classes"]) == [1]
+    assert out["dsc"] == pytest.approx(2 * 128 / (256 + 128))
