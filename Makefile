@@ -4,7 +4,7 @@ RUN ?= $(shell date +%Y%m%d-%H%M%S)
 DEMO_DATA ?= demo_data
 SEGVOL_CATEGORIES ?= liver,spleen,kidney_left,kidney_right,aorta
 
-.PHONY: install demo demo-seeds demo-sam-med3d demo-segvol demo-biomedparse demo-embedding test bench lint clean
+.PHONY: install demo demo-seeds demo-sam-med3d demo-segvol demo-biomedparse demo-embedding demo-challenge test bench lint clean
 
 install:  ## install segfm with its test tools (CPU torch first, so pip never pulls a CUDA build)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -68,6 +68,21 @@ demo-embedding: install  ## tiny SAM anatomical embedding on generated scans: va
 		--texture_period 0 --anatomy_sigma 2.5
 	$(PYTHON) -m segfm fit --config configs/anatomical_embedding/demo.yaml \
 		--data.init_args.root $(DEMO_DATA)/embedding --trainer.logger.init_args.version $(RUN)
+
+CHALLENGE = runs/challenge_demo/$(RUN)
+
+demo-challenge: install  ## tiny MedSAM fine-tuned, exported as a CVPR 2025 submission, scored by the official loop
+	$(PYTHON) -m data_tools.synthetic_npz --output $(DEMO_DATA)/challenge_npz --num_cases 16 --num_test 3
+	$(PYTHON) -m data_tools.challenge_cases --root $(DEMO_DATA)/challenge_npz \
+		--output $(DEMO_DATA)/challenge --no_boxes CT_SynthAbdomen_t02
+	$(PYTHON) -m segfm fit --config configs/medsam/challenge_demo.yaml \
+		--data.init_args.root $(DEMO_DATA)/challenge_npz --trainer.logger.init_args.version $(RUN)
+	$(PYTHON) -m segfm export --ckpt_path $(CHALLENGE)/checkpoints/last.ckpt --format challenge \
+		--output $(CHALLENGE)/submission
+	$(PYTHON) -m segfm challenge-eval --submission $(CHALLENGE)/submission \
+		--images $(DEMO_DATA)/challenge/interactive --gts $(DEMO_DATA)/challenge/gts \
+		--output $(CHALLENGE)/challenge_eval
+	@echo "run folder: $(CHALLENGE)"
 
 test: install  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q

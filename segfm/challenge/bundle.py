@@ -42,12 +42,13 @@ _PREDICT_SH = """\
 # CVPR 2025 challenge entry point, written by segfm export --format challenge.
 # The evaluator runs `sh predict.sh` with the cases in /workspace/inputs and reads
 # /workspace/outputs; SEGFM_INPUTS, SEGFM_OUTPUTS and SEGFM_PYTHON override the defaults
-# (segfm challenge-eval sets them to run this folder outside a container).
+# (segfm challenge-eval sets them to run this folder outside a container), SEGFM_DEVICE,
+# SEGFM_TRACK and SEGFM_KEEP_STATE (false: no state carried between steps) the options.
 HERE=$(cd "$(dirname "$0")" && pwd)
 exec "${{SEGFM_PYTHON:-python}}" -m segfm challenge-predict --model "$HERE" \\
     --inputs "${{SEGFM_INPUTS:-/workspace/inputs}}" \\
     --outputs "${{SEGFM_OUTPUTS:-/workspace/outputs}}" --device "${{SEGFM_DEVICE:-{device}}}" \\
-    --track "${{SEGFM_TRACK:-{track}}}"
+    --track "${{SEGFM_TRACK:-{track}}}" --keep_state "${{SEGFM_KEEP_STATE:-true}}"
 """
 
 _DOCKERFILE = """\

@@ -192,10 +192,19 @@ class NpzVolumeDataset(Dataset[Sample]):
     Args:
         cases: The cases; ``label`` only where the ground truth is known.
         entries: Dataset name to its ``class_prompts.json`` entry.
+        evaluation_files: The cases are the challenge's evaluation files, whose prompts
+            (``boxes``, ``text_prompts``) are part of the case: ``meta`` then has a ``boxes``
+            key, None when the file has none, and the interactive protocol skips the box step
+            as the challenge does. False for training files (validation and held-out cases),
+            which never carry prompts: their boxes come from the mask, as the challenge's
+            ``get_boxes.py`` made the evaluation files' boxes.
     """
 
-    def __init__(self, cases: list[NpzCase], entries: Entries) -> None:
+    def __init__(
+        self, cases: list[NpzCase], entries: Entries, evaluation_files: bool = True
+    ) -> None:
         self.cases, self.entries = cases, entries
+        self.evaluation_files = evaluation_files
         self.classes = {name: class_infos(entry) for name, entry in entries.items()}
 
     def __len__(self) -> int:
@@ -206,16 +215,17 @@ class NpzVolumeDataset(Dataset[Sample]):
         case = self.cases[index]
         volume = read_case(case, read_prompts=True)
         assert volume.image is not None  # read_case read it
+        meta = _meta(case, self.entries) | {
+            "file_name": case.path.name,
+            "text_prompts": volume.text_prompts,
+        }
+        if self.evaluation_files:
+            meta["boxes"] = _box_map(volume, case)
         sample: Sample = {
             "image": torch.from_numpy(volume.image.astype(np.float32))[None],
             "classes": self.classes[case.dataset],
             "spacing": torch.from_numpy(volume.spacing).float(),  # (z, y, x)
-            "meta": _meta(case, self.entries)
-            | {
-                "file_name": case.path.name,
-                "boxes": _box_map(volume, case),
-                "text_prompts": volume.text_prompts,
-            },
+            "meta": meta,
         }
         if volume.label is not None:
             sample["label"] = torch.from_numpy(volume.label.astype(np.int64))[None]

@@ -102,7 +102,9 @@ def _segfm_test(
 
 
 def _exported(tmp: Path, ckpt: Path) -> Path:
-    main(["export", "--ckpt_path", str(ckpt), "--format", "challenge", "--output", str(tmp / "sub")])
+    main(
+        ["export", "--ckpt_path", str(ckpt), "--format", "challenge", "--output", str(tmp / "sub")]
+    )
     return tmp / "sub"
 
 

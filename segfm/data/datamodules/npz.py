@@ -71,7 +71,9 @@ class NpzDataModule(BaseDataModule):
     float32 [1, D, H, W] (0-255), ``label`` int64 [1, D, H, W] when ``test_mask`` has the case,
     ``meta`` also {file_name (to write ``<output>/<file_name>``), boxes ({class id: box} or
     None), text_prompts ({class id: prompt} or None)}. Without any evaluation folder they are
-    the held-out training cases (``test_fraction`` or the split file's ``test``).
+    the held-out training cases (``test_fraction`` or the split file's ``test``); training
+    files carry no prompts, so their ``meta`` has no ``boxes`` key and the interactive protocol
+    draws their boxes from the mask (as for the validation volumes of ``fit``).
 
     All samples: ``classes`` {id: ClassInfo(first prompt, all prompts)}; in instance datasets
     the label holds instance ids and ``classes`` is {1: the single class}. ``spacing`` float32
@@ -249,6 +251,7 @@ class NpzDataModule(BaseDataModule):
         training = self._training_cases(names)
         if stage in ("test", "predict"):
             cases = find_evaluation_cases(self.root, names, entries)[: self.max_cases]
+            evaluation_files = bool(cases)
             if not cases:
                 cases = self._training_splits(training)["test"]
             if not cases:
@@ -259,7 +262,7 @@ class NpzDataModule(BaseDataModule):
                 raise DataError(msg)
             for case in cases:
                 inspect_case(case)
-            self.datasets[stage] = NpzVolumeDataset(cases, entries)
+            self.datasets[stage] = NpzVolumeDataset(cases, entries, evaluation_files)
             return
         if not training:
             msg = f"no training case in {self.root}/<DATASET>/train for the datasets {names}"
@@ -272,7 +275,7 @@ class NpzDataModule(BaseDataModule):
                 raise DataError(msg)
             self.datasets[split] = self._dataset(split, cases, entries)
             if split == "val" and cases:  # the protocol's cases during fit
-                self.datasets["val_volumes"] = NpzVolumeDataset(cases, entries)
+                self.datasets["val_volumes"] = NpzVolumeDataset(cases, entries, False)
 
     def train_dataloader(self) -> DataLoader[Sample]:
         """Shuffled samples (2.5D: ``volume_chunk`` at a time from one volume); resumable."""
