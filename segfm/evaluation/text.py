@@ -4,8 +4,8 @@ Semantic datasets: the classes named in the case's text prompts are segmented fr
 (all of them when the data gives the prompts, as the challenge's container gets the file's
 ``text_prompts``; only those present in the reference when segfm names the classes itself) and
 those present in the reference are scored with DSC and NSD (no DSC threshold). Instance
-datasets: one prompt; a binary prediction is split into connected instances, matched to the reference at
-IoU >= 0.5, and scored with F1 and the Dice of the matched pairs.
+datasets: one prompt; a binary prediction is split into connected instances, matched to the
+reference at IoU >= 0.5, and scored with F1 and the Dice of the matched pairs.
 """
 
 from __future__ import annotations
