@@ -88,7 +88,7 @@ def overview() -> str:
     lines.append("subcommands (segfm SUBCOMMAND --help lists its options):")
     pad = max(map(len, SUBCOMMANDS)) + 4
     for name, sub in SUBCOMMANDS.items():
-        wrapped = textwrap.wrap(sub.description, width - pad) or [""]
+        wrapped = textwrap.wrap(sub.description, width - pad, break_on_hyphens=False) or [""]
         lines.append(f"  {name:<{pad - 2}}{wrapped[0]}")
         lines += [" " * pad + rest for rest in wrapped[1:]]
     lines += [

@@ -36,8 +36,10 @@ ALLOWED: dict[str, set[str]] = {
     "callbacks": {"checkpoints"},
     "tracking": {"checkpoints", "data.io", "evaluation", "inference"},
     "accelerators": set(),
+    "challenge": {"checkpoints", "data.io", "evaluation", "methods", "prompts"},
     "commands": {
         "accelerators",
+        "challenge",
         "checkpoints",
         "data",
         "data.io",
