@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from monai.losses import DiceCELoss
@@ -32,7 +33,7 @@ from segfm.inference.click_windows import (
 from segfm.methods.base import BaseTask
 from segfm.models import build_sam
 from segfm.models.build_sam import tiny_config
-from segfm.prompts import sample_error_clicks
+from segfm.prompts import center_error_click, sample_error_clicks
 from segfm.sample import Batch
 
 
@@ -48,6 +49,15 @@ class ClickSimulation:
         min_target_voxels: Smallest class (voxels in the crop) used as a training target.
         raw_logit_errors: Find the previous step's errors as the original did, from raw logits
             > 0.5 (probability > 0.62); by default from probabilities > ``mask_threshold``.
+        click_rule: Where each step's click falls: ``random``, a voxel drawn uniformly from the
+            error region (the original); ``center``, the centre of the largest error component,
+            as the native test places its clicks (:func:`segfm.prompts.center_error_click`).
+        multi_click: Decode every click given so far at each step, as inference does (the
+            original's ``multi_click``; False: only the newest click, the original's default).
+        target_rule: Which class of a crop becomes its target: ``random`` among those large
+            enough (the original), or ``centre``: the class at the crop's centre voxel when it
+            is large enough (random otherwise), as the native test centres its cube on the
+            target's first click.
     """
 
     train_iterations: int = 11
@@ -55,6 +65,9 @@ class ClickSimulation:
     detach_previous: bool = False
     min_target_voxels: int = 10
     raw_logit_errors: bool = False
+    click_rule: Literal["random", "center"] = "random"
+    multi_click: bool = False
+    target_rule: Literal["random", "centre"] = "random"
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -64,6 +77,40 @@ class ClickSimulation:
                 f"{self.train_iterations} and {self.min_target_voxels}"
             )
             raise ValueError(msg)
+        if self.target_rule not in ("random", "centre"):
+            msg = f"target_rule must be 'random' or 'centre', got {self.target_rule!r}"
+            raise ValueError(msg)
+        if self.click_rule not in ("random", "center"):
+            msg = f"click_rule must be 'random' or 'center', got {self.click_rule!r}"
+            raise ValueError(msg)
+
+
+def center_clicks(pred: Tensor, target: Tensor, seed: int = 42) -> tuple[Tensor, Tensor]:
+    """One click per item at the centre of its largest error component (the native test's rule).
+
+    Args:
+        pred: Thresholded predictions, bool ``[N, *S]``.
+        target: Targets, bool ``[N, *S]``.
+        seed: Tie-breaking seed of :func:`segfm.prompts.center_error_click`.
+
+    Returns:
+        ``(coords, labels)`` as :func:`segfm.prompts.sample_error_clicks`: ``[N, len(S)]`` and
+        ``[N]`` int64; an item without error gets a positive click at the centre of its target.
+    """
+    coords, labels = [], []
+    for p, t in zip(pred.cpu().numpy(), target.cpu().numpy(), strict=True):
+        found = center_error_click(p, t, seed=seed)
+        if found is None:  # no error left: click the target's centre, as an all-empty prediction
+            found = center_error_click(np.zeros_like(t), t, seed=seed) or (
+                tuple(n // 2 for n in t.shape),
+                False,
+            )
+        coords.append(found[0])
+        labels.append(int(found[1]))
+    device = target.device
+    return torch.tensor(coords, device=device).view(-1, target.ndim - 1), torch.tensor(
+        labels, device=device, dtype=torch.long
+    )
 
 
 class SAMMed3D(BaseTask):
@@ -75,7 +122,10 @@ class SAMMed3D(BaseTask):
     drawn uniformly from the current error region (positive in a false negative, negative in a
     false positive) and feeds back the previous step's low-res logits as the mask prompt; at one
     random step in 2..8 and at the last, the mask prompt is given alone. Every step's logits,
-    upsampled to the crop, add a DiceCE loss. Fixed bugs of the original: the next click comes
+    upsampled to the crop, add a DiceCE loss. Opt-in (``click_simulation``): clicks at the
+    centre of the largest error as the native test gives them, every click so far decoded at
+    each step, the class at the crop's centre as the target (the from-scratch demo uses all
+    three). Fixed bugs of the original: the next click comes
     from probabilities > ``mask_threshold`` (not raw logits > 0.5; ``raw_logit_errors`` restores
     it), and a step without any error clicks inside the target instead of crashing.
 
@@ -236,7 +286,11 @@ class SAMMed3D(BaseTask):
             if ids.numel() == 0:
                 continue
             pick = int(torch.randint(ids.numel(), (1,), generator=generator))
-            targets.append(label[b] == ids[pick])
+            chosen = int(ids[pick])
+            if self.click_simulation.target_rule == "centre":
+                centre = int(label[b][tuple(n // 2 for n in label.shape[1:])])
+                chosen = centre if bool((ids == centre).any()) else chosen
+            targets.append(label[b] == chosen)
             index.append(b)
         if not targets:
             return label.new_zeros((0, *label.shape[1:]), dtype=torch.bool), label.new_zeros(0)
@@ -275,12 +329,19 @@ class SAMMed3D(BaseTask):
         target = targets[:, None].to(dtype)
         total = targets.new_zeros((), dtype=dtype)
         logits = target
+        given: list[tuple[Tensor, Tensor]] = []  # clicks so far: coords [N, 3], labels [N]
         for step in range(steps):
-            coords, labels = sample_error_clicks(pred, targets, generator=generator)
+            if options.click_rule == "center":
+                coords, labels = center_clicks(pred, targets)
+            else:
+                coords, labels = sample_error_clicks(pred, targets, generator=generator)
             if step in mask_only:
                 low = decode_points(self.model, embeddings, None, None, low)
             else:
-                low = decode_points(self.model, embeddings, coords[:, None], labels[:, None], low)
+                given = [*given, (coords, labels)] if options.multi_click else [(coords, labels)]
+                points = torch.stack([c for c, _ in given], 1)
+                point_labels = torch.stack([lab for _, lab in given], 1)
+                low = decode_points(self.model, embeddings, points, point_labels, low)
             logits = full_logits(self.model, low)
             total = total + self.loss(logits, target)
             if options.raw_logit_errors:
