@@ -110,6 +110,10 @@ def _run(submission: Path, cases: Path, track: str, out: Path) -> dict[str, floa
             DriverOptions(python=sys.executable),
         )  # fmt: skip
     row = tables[track].rows[0]
+    if "classes" not in row:  # text rows: the prompted classes
+        with np.load(next((cases / track).glob("*.npz")), allow_pickle=True) as npz:
+            prompts = npz["text_prompts"].item()
+        row = row | {"classes": sum(k != "instance_label" for k in prompts)}
     log = next((out / "work" / "logs").glob("*.log")).read_text()
     starts = [tuple(map(float, m)) for m in START.findall(log)]
     segments = [float(v) for v in SEGMENT.findall(log)]
