@@ -3,8 +3,8 @@
 Each function takes and returns numpy arrays in ``(Z, Y, X)`` (volumes) or ``(Y, X)`` (slices)
 order and reproduces one step of MedSAM's ``pre_CT_MR.py``:
 
-* :func:`window_ct` / :func:`normalize_mr`: intensities to uint8, including the original's
-  min-max over the *clipped* volume and its truncating cast.
+* intensities to uint8: :func:`segfm.transforms.intensity.window_ct` /
+  :func:`~segfm.transforms.intensity.normalize_mr` (also used by ``segfm serve``).
 * :func:`remap_labels` then :func:`remove_small_objects`: ``cc3d.dust`` in 3D (26-connectivity),
   then on every slice in 2D (8-connectivity), with :func:`scipy.ndimage.label`.
 * :func:`resize_image_slice` / :func:`resize_label_slice`: a slice to the network's square input.
@@ -19,69 +19,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-#: CT windows by name: (level, width) in HU
-WINDOWS = {"abdomen": (40.0, 400.0), "chest": (-600.0, 1500.0), "brain": (40.0, 80.0)}
-
 _STRUCTURE_3D = np.ones((3, 3, 3), dtype=bool)  # 26-connectivity
 _STRUCTURE_2D = np.zeros((3, 3, 3), dtype=bool)  # 8-connectivity within a slice, none across
 _STRUCTURE_2D[1] = True
-
-
-def _min_max_uint8(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    """Clip to ``[lower, upper]``, min-max the clipped values to 0..255 and truncate to uint8."""
-    out = np.clip(image.astype(np.float64), lower, upper)
-    low, high = out.min(), out.max()
-    if high <= low:
-        return np.zeros(image.shape, dtype=np.uint8)
-    out -= low
-    out /= high - low
-    out *= 255.0
-    return out.astype(np.uint8)
-
-
-def window_ct(image: np.ndarray, level: float, width: float) -> np.ndarray:
-    """Window a CT volume in HU.
-
-    Args:
-        image: Volume in HU, any shape.
-        level: Window centre in HU.
-        width: Window width in HU.
-
-    Returns:
-        uint8 volume: clipped to ``[level - width / 2, level + width / 2]``, then min-max scaled
-        to 0..255 (over the clipped values, as the original: equal to the window's own bounds
-        whenever the volume spans the window, as any CT with air and bone does).
-
-    Raises:
-        ValueError: If ``width`` is not positive.
-    """
-    if width <= 0:
-        msg = f"window width must be positive, got {width}"
-        raise ValueError(msg)
-    return _min_max_uint8(image, level - width / 2, level + width / 2)
-
-
-def normalize_mr(image: np.ndarray) -> np.ndarray:
-    """Normalise an MR volume.
-
-    Args:
-        image: Volume, any shape.
-
-    Returns:
-        uint8 volume: clipped to the 0.5 and 99.5 percentiles of the voxels > 0, min-max scaled
-        to 0..255; voxels that were 0 stay 0.
-
-    Raises:
-        ValueError: If no voxel is > 0.
-    """
-    positive = image[image > 0]
-    if positive.size == 0:
-        msg = "the volume has no voxel > 0"
-        raise ValueError(msg)
-    lower, upper = np.percentile(positive, [0.5, 99.5])
-    out = _min_max_uint8(image, float(lower), float(upper))
-    out[image == 0] = 0
-    return out
 
 
 def parse_remap(text: str) -> dict[int, int]:

@@ -45,14 +45,11 @@ from typing import Literal
 import numpy as np
 
 from data_tools.ct_mr_ops import (
-    WINDOWS,
-    normalize_mr,
     parse_remap,
     remap_labels,
     remove_small_objects,
     resize_image_slice,
     resize_label_slice,
-    window_ct,
 )
 from data_tools.parallel import run_jobs
 from segfm.data.io.atomic import remove_temporaries, save_json, save_npy, save_npz
@@ -60,6 +57,7 @@ from segfm.data.io.json_file import read_json
 from segfm.data.io.nifti import read_nifti
 from segfm.data.io.nnunet import CaseFiles, find_cases, label_names, read_dataset_json
 from segfm.errors import DataError, SegfmError
+from segfm.transforms.intensity import WINDOWS, normalize_mr, window_ct
 
 _DELETE = "delete it and run again with --overwrite"
 

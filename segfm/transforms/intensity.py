@@ -1,4 +1,4 @@
-"""Intensity normalisations: SegVol's unit range and the anatomical embeddings' CT/MR window.
+"""Intensity normalisations: SegVol's unit range, the CT/MR windows to 0-255.
 
 :func:`unit_range` (tensors, on the device): SegVol's input scale. SegVol's data preparation
 clips a CT to the 0.05 / 99.95 percentiles of its foreground (voxels above the mean) and
@@ -6,6 +6,10 @@ z-scores it; its loaders then min-max scale each volume to [0, 1]. A z-score is 
 affine map, so min-max after it equals min-max after the clip alone: that is what
 ``foreground`` computes, from any raw intensities (the CVPR 2025 npz files' 0-255, Hounsfield
 units, MR values).
+
+:func:`window_ct` / :func:`normalize_mr` (numpy arrays): MedSAM's ``pre_CT_MR.py`` steps to
+uint8 (a CT window in HU, MR percentiles), including the original's min-max over the *clipped*
+volume and its truncating cast; ``data_tools.pre_ct_mr`` and ``segfm serve`` use them.
 
 :func:`window_ct_mr` (numpy arrays, in the reader): the anatomical embeddings' input scale, the
 original's ``RescaleIntensity``: CT clipped to :data:`CT_WINDOW` HU, MR to its
@@ -24,6 +28,9 @@ from torch import Tensor
 UnitRange = Literal["foreground", "minmax", "none"]
 #: percentiles of the foreground that :func:`foreground_clip` clips to
 CLIP_PERCENTILES = (0.05, 99.95)
+
+#: CT windows by name: (level, width) in HU
+WINDOWS = {"abdomen": (40.0, 400.0), "chest": (-600.0, 1500.0), "brain": (40.0, 80.0)}
 
 #: ``ct``: HU window; ``mr``: percentile window; ``auto``: by the minimum; ``none``: as given
 Window = Literal["ct", "mr", "auto", "none"]
@@ -116,3 +123,60 @@ def window_ct_mr(image: np.ndarray, kind: Window) -> np.ndarray:
         low, high = (float(v) for v in np.percentile(x, MR_PERCENTILES))
     scaled = (np.clip(x, low, high) - low) / max(high - low, 1e-6) * 255.0
     return (scaled - WINDOW_BIAS).astype(np.float32)
+
+
+def _min_max_uint8(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """Clip to ``[lower, upper]``, min-max the clipped values to 0..255 and truncate to uint8."""
+    out = np.clip(image.astype(np.float64), lower, upper)
+    low, high = out.min(), out.max()
+    if high <= low:
+        return np.zeros(image.shape, dtype=np.uint8)
+    out -= low
+    out /= high - low
+    out *= 255.0
+    return out.astype(np.uint8)
+
+
+def window_ct(image: np.ndarray, level: float, width: float) -> np.ndarray:
+    """Window a CT volume in HU.
+
+    Args:
+        image: Volume in HU, any shape.
+        level: Window centre in HU.
+        width: Window width in HU.
+
+    Returns:
+        uint8 volume: clipped to ``[level - width / 2, level + width / 2]``, then min-max scaled
+        to 0..255 (over the clipped values, as the original: equal to the window's own bounds
+        whenever the volume spans the window, as any CT with air and bone does).
+
+    Raises:
+        ValueError: If ``width`` is not positive.
+    """
+    if width <= 0:
+        msg = f"window width must be positive, got {width}"
+        raise ValueError(msg)
+    return _min_max_uint8(image, level - width / 2, level + width / 2)
+
+
+def normalize_mr(image: np.ndarray) -> np.ndarray:
+    """Normalise an MR volume.
+
+    Args:
+        image: Volume, any shape.
+
+    Returns:
+        uint8 volume: clipped to the 0.5 and 99.5 percentiles of the voxels > 0, min-max scaled
+        to 0..255; voxels that were 0 stay 0.
+
+    Raises:
+        ValueError: If no voxel is > 0.
+    """
+    positive = image[image > 0]
+    if positive.size == 0:
+        msg = "the volume has no voxel > 0"
+        raise ValueError(msg)
+    lower, upper = np.percentile(positive, [0.5, 99.5])
+    out = _min_max_uint8(image, float(lower), float(upper))
+    out[image == 0] = 0
+    return out

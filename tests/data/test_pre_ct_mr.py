@@ -8,18 +8,16 @@ import numpy as np
 import pytest
 
 from data_tools.ct_mr_ops import (
-    WINDOWS,
-    normalize_mr,
     parse_remap,
     remap_labels,
     remove_small_objects,
     resize_label_slice,
-    window_ct,
 )
 from data_tools.pre_ct_mr import main, preprocess
 from data_tools.synthetic import make_dataset
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.errors import DataError
+from segfm.transforms.intensity import WINDOWS, normalize_mr, window_ct
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"workers": 1, "progress": False, "image_size": 16}
