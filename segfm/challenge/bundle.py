@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import inspect
 import re
 import shutil
 from pathlib import Path
@@ -29,12 +28,18 @@ import yaml
 import segfm
 from segfm.checkpoints.io import load_file
 from segfm.errors import CheckpointError, ConfigError
+from segfm.methods.loading import (
+    inference_init_args,
+    instantiate_method,
+    load_weights,
+    method_class,
+    ready,
+    tracks_of,
+)
 
 WEIGHTS, CONFIG = "model.ckpt", "config.yaml"
 #: init arguments naming a folder read at start-up: copied into the bundle under this name
 BUNDLED_FOLDERS = {"clip_dir": "clip"}
-#: init arguments naming initial weights, replaced by the bundle's own
-INITIAL_WEIGHTS = ("checkpoint",)
 DEFAULT_BASE_IMAGE = "pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime"
 
 _PREDICT_SH = """\
@@ -92,34 +97,9 @@ to change them. `predict.sh` writes timings (start-up, per case, per class) to s
 """
 
 
-def _class_of(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        msg = f"cannot import the method {class_path!r} ({e})"
-        raise CheckpointError(msg) from e
-
-
-def tracks_of(cls: type) -> list[str]:
-    """The challenge tracks a method class can enter: ``interactive`` and/or ``text``."""
-    from segfm.methods.base import BaseTask
-
-    found = []
-    if getattr(cls, "segment_interactive", None) is not BaseTask.segment_interactive:
-        found.append("interactive")
-    if getattr(cls, "segment_text", None) is not BaseTask.segment_text:
-        found.append("text")
-    return found
-
-
 def _init_args(hparams: dict[str, Any], cls: type, bundle: Path) -> dict[str, Any]:
     """The method's init arguments for inference inside the bundle (folders copied)."""
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    args = {k: v for k, v in hparams.items() if k in accepted}
-    for key in INITIAL_WEIGHTS:
-        if key in args:
-            args[key] = None
+    args = inference_init_args(hparams, cls)
     for key, name in BUNDLED_FOLDERS.items():
         folder = args.get(key)
         if folder:
@@ -131,14 +111,6 @@ def _init_args(hparams: dict[str, Any], cls: type, bundle: Path) -> dict[str, An
                 raise ConfigError(msg)
             shutil.copytree(folder, bundle / name, dirs_exist_ok=True)
             args[key] = name
-    args["output_dir"] = None
-    if "export_official" in args:
-        args["export_official"] = False
-    evaluation = dict(args.get("evaluation") or {})
-    evaluation |= {"save_predictions": False, "num_overlays": 0}
-    if "validate" in evaluation:
-        evaluation["validate"] = False
-    args["evaluation"] = evaluation
     return args
 
 
@@ -186,7 +158,7 @@ def write_bundle(
         msg = f"{ckpt_path}: not a Lightning checkpoint of segfm fit (no state_dict or method)"
         raise CheckpointError(msg)
     class_path = str(hparams["_class_path"])
-    cls = _class_of(class_path)
+    cls = method_class(class_path)
     tracks = tracks_of(cls)
     if not tracks:
         msg = f"{ckpt_path}: {class_path} takes neither boxes and clicks nor text prompts"
@@ -236,10 +208,6 @@ def load_method(bundle: str | Path, device: str = "auto") -> Any:
     Raises:
         CheckpointError: If the folder is not a bundle or its weights do not fit the method.
     """
-    from jsonargparse import ArgumentParser
-
-    from segfm.methods.base import BaseTask
-
     bundle = Path(bundle)
     config_path, weights_path = bundle / CONFIG, bundle / WEIGHTS
     if not config_path.is_file() or not weights_path.is_file():
@@ -254,20 +222,10 @@ def load_method(bundle: str | Path, device: str = "auto") -> Any:
     for key in BUNDLED_FOLDERS:
         if args.get(key):
             args[key] = str(bundle / args[key])
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(BaseTask, "model", required=True)
     try:
-        cfg = parser.parse_object({"model": {"class_path": model["class_path"], "init_args": args}})
-    except Exception as e:  # jsonargparse names the offending option
-        msg = f"{config_path}: the model section does not describe a segfm method ({e})"
-        raise CheckpointError(msg) from e
-    method = parser.instantiate(cfg).model
+        method = instantiate_method(model["class_path"], args, str(config_path))
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
     state = load_file(str(weights_path))["state_dict"]
-    try:
-        method.load_state_dict(state)
-    except RuntimeError as e:
-        msg = f"{weights_path} does not fit {model['class_path']} of {config_path}: {e}"
-        raise CheckpointError(msg) from e
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return method.to(device).eval()
+    load_weights(method, state, f"{weights_path} (of {config_path})")
+    return ready(method, device)

@@ -37,7 +37,8 @@ def challenge_predict(
         The number of cases that failed.
     """
     start = time.perf_counter()
-    from segfm.challenge.bundle import load_method, tracks_of
+    from segfm.challenge.bundle import load_method
+    from segfm.methods.loading import tracks_of
     from segfm.challenge.entry import ChallengePredictor
 
     imported = time.perf_counter()
