@@ -8,7 +8,7 @@ SEGVOL_CATEGORIES ?= liver,spleen,kidney_left,kidney_right,aorta
 
 install:  ## install segfm with its test tools (CPU torch first, so pip never pulls a CUDA build)
 	$(PYTHON) -m pip install -q torch==2.13.0
-	$(PYTHON) -m pip install -q -e ".[tests,dev]"
+	$(PYTHON) -m pip install -q -e ".[tests,dev,serve]"
 
 demo: install  ## generate data, preprocess, fine-tune a tiny MedSAM, test, export: one run folder
 	$(PYTHON) -m data_tools.synthetic --output $(DEMO_DATA)/raw --num_cases 24 --seed 0

@@ -63,6 +63,10 @@ SUBCOMMANDS: dict[str, Subcommand] = {
         "Run the challenge's official evaluation loop on a submission folder, without docker.",
         "segfm.commands.challenge:challenge_eval",
     ),
+    "serve": Subcommand(
+        "Serve a promptable model to 3D Slicer (SlicerNNInteractive) and a web page.",
+        "segfm.commands.serve:serve",
+    ),
     "verify-data": Subcommand(
         "Check a dataset before training: every problem with its file and fix.",
         "segfm.commands.verify_data:verify_data_command",

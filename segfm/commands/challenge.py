@@ -38,8 +38,8 @@ def challenge_predict(
     """
     start = time.perf_counter()
     from segfm.challenge.bundle import load_method
-    from segfm.methods.loading import tracks_of
     from segfm.challenge.entry import ChallengePredictor
+    from segfm.methods.loading import tracks_of
 
     imported = time.perf_counter()
     method = load_method(model, device)
