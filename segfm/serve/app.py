@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -112,23 +113,27 @@ class UploadLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(f"{int(declared):,}")(scope, receive, send)
             return
-        seen = 0
+        seen, refused = 0, False
 
         async def counted() -> dict:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    msg = (
-                        f"the upload passed this server's limit of {self.max_bytes:,} bytes; "
-                        "crop or downsample the volume, or start segfm serve with a larger "
-                        "--max_upload_mb"
-                    )
-                    raise RequestError(msg, status=413)
+                    # answer now; the app then sees a client that went away
+                    refused = True
+                    await self._too_large(f"more than {self.max_bytes:,}")(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counted, send)
+        async def sent(message: dict) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, counted, sent)
 
 
 def _mask_response(session: Session, mask: Any) -> Response:
@@ -187,7 +192,9 @@ def create_app(session: Session, run_dir: str | Path, max_upload_bytes: int = 2*
     @app.post("/upload_segment")
     def upload_segment(file: UploadFile = File(...)) -> dict:  # noqa: B008
         image = session.require_image()
-        mask = read_gzipped_npy(file.file.read(), "the uploaded segment", session.max_voxels)
+        # inflated no further than a mask of the image's shape can be: no gzip bomb gets big
+        voxels = int(np.prod(image.shape))
+        mask = read_gzipped_npy(file.file.read(), "the uploaded segment", voxels)
         if tuple(mask.shape) != image.shape:
             msg = (
                 f"the segment has shape {tuple(mask.shape)} but the image {image.shape}; "

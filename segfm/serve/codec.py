@@ -24,32 +24,34 @@ _CHUNK = 1 << 20
 
 
 def gunzip(data: bytes, limit: int, what: str) -> bytes:
-    """Inflate a gzip stream, refusing to produce more than ``limit`` bytes.
+    """Inflate a gzip stream (of one or more members), refusing to produce over ``limit`` bytes.
 
     Raises:
         RequestError: If ``data`` is not gzip or inflates beyond ``limit``.
     """
-    inflater = zlib.decompressobj(wbits=31)
     out = bytearray()
+    pending = data
     try:
-        pending = data
         while pending:
-            out += inflater.decompress(pending, _CHUNK)
-            if len(out) > limit:
-                msg = (
-                    f"{what} inflates to more than {limit:,} bytes, more than a mask of the "
-                    "uploaded image can be; send the gzipped .npy of one mask of its shape"
-                )
-                raise RequestError(msg, status=413)
-            pending = inflater.unconsumed_tail
-            if inflater.eof:
-                break
+            inflater = zlib.decompressobj(wbits=31)
+            while pending:
+                out += inflater.decompress(pending, _CHUNK)
+                if len(out) > limit:
+                    msg = (
+                        f"{what} inflates to more than {limit:,} bytes, more than a mask of the "
+                        "uploaded image can be; send the gzipped .npy of one mask of its shape"
+                    )
+                    raise RequestError(msg, status=413)
+                pending = inflater.unconsumed_tail
+                if inflater.eof:
+                    break
+            if not inflater.eof:
+                msg = f"{what} is a truncated gzip stream; send the whole file"
+                raise RequestError(msg)
+            pending = inflater.unused_data  # the next member, if any
     except zlib.error as e:
         msg = f"{what} is not gzip-compressed ({e}); send np.save's bytes through gzip.compress"
         raise RequestError(msg) from e
-    if not inflater.eof:
-        msg = f"{what} is a truncated gzip stream; send the whole file"
-        raise RequestError(msg)
     return bytes(out)
 
 
