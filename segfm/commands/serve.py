@@ -132,14 +132,14 @@ def serve(
     if max_upload_mb < 1:
         msg = f"--max_upload_mb must be at least 1, got {max_upload_mb}"
         raise ConfigError(msg)
+    start = time.perf_counter()
+    network = _method(ckpt_path, model, method, checkpoint, config, device)  # before any folder
     folder = Path(run_dir or Path("runs") / "serve" / time.strftime("%Y%m%d-%H%M%S"))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "tmp").mkdir(exist_ok=True)
     tempfile.tempdir = str(folder / "tmp")  # multipart uploads spool here, not to /tmp
     _logging(folder)
     log = logging.getLogger("segfm.serve")
-    start = time.perf_counter()
-    network = _method(ckpt_path, model, method, checkpoint, config, device)
     session = Session(network, intensity=intensity, window=window, spacing=spacing)
     max_bytes = max_upload_mb * 2**20
     app = create_app(session, folder, max_upload_bytes=max_bytes)

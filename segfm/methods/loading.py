@@ -58,20 +58,28 @@ def tracks_of(cls: type) -> list[str]:
     return found
 
 
-def inference_init_args(hparams: dict[str, Any], cls: type) -> dict[str, Any]:
-    """A checkpoint's init arguments for inference: the class's own, nothing written, no export.
+def inference_init_args(
+    hparams: dict[str, Any], cls: type, only_known: bool = True
+) -> dict[str, Any]:
+    """Init arguments for inference: nothing written, no export, no validation.
 
     Initial-weight files are dropped (the trained weights replace them), predictions and
     overlays are not saved, validation is off and no output folder is named.
+
+    Args:
+        hparams: The arguments (a checkpoint's ``hyper_parameters``, a config's ``init_args``).
+        cls: The method class.
+        only_known: Keep only the class's own arguments (a checkpoint also stores Lightning's
+            keys); False leaves unknown ones for :func:`instantiate_method` to report.
     """
     accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    args = {k: v for k, v in hparams.items() if k in accepted}
+    args = {k: v for k, v in hparams.items() if k in accepted or not only_known}
     for key in INITIAL_WEIGHTS:
         if key in args:
             args[key] = None
     if "output_dir" in accepted:
         args["output_dir"] = None
-    if "export_official" in args:
+    if "export_official" in accepted:
         args["export_official"] = False
     if "evaluation" in accepted:
         evaluation = dict(args.get("evaluation") or {})
@@ -168,7 +176,8 @@ def method_from_config(
             msg = f"--checkpoint {checkpoint} does not exist; name an official weights file"
             raise CheckpointError(msg)
         args["checkpoint"] = str(checkpoint)
-    args = inference_init_args(args, cls) | (
-        {"checkpoint": args["checkpoint"]} if "checkpoint" in args else {}
-    )
+    weights = args.get("checkpoint")
+    args = inference_init_args(args, cls, only_known=False)
+    if weights is not None:
+        args["checkpoint"] = weights
     return ready(instantiate_method(class_path, args, f"--method {method}"), device)
