@@ -37,6 +37,7 @@ ALLOWED: dict[str, set[str]] = {
     "tracking": {"checkpoints", "data.io", "evaluation", "inference"},
     "accelerators": set(),
     "challenge": {"checkpoints", "data.io", "evaluation", "methods", "prompts"},
+    "serve": {"data.io", "evaluation", "methods", "transforms"},
     "commands": {
         "accelerators",
         "challenge",
@@ -45,6 +46,7 @@ ALLOWED: dict[str, set[str]] = {
         "data.io",
         "evaluation",
         "methods",
+        "serve",
         "tracking",
     },
     "cli": {"commands"},
