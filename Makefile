@@ -4,7 +4,7 @@ RUN ?= $(shell date +%Y%m%d-%H%M%S)
 DEMO_DATA ?= demo_data
 SEGVOL_CATEGORIES ?= liver,spleen,kidney_left,kidney_right,aorta
 
-.PHONY: install demo demo-seeds demo-sam-med3d demo-segvol demo-biomedparse demo-embedding demo-challenge test bench lint clean
+.PHONY: install browser demo demo-seeds demo-sam-med3d demo-segvol demo-biomedparse demo-embedding demo-challenge test bench lint clean
 
 install:  ## install segfm with its test tools (CPU torch first, so pip never pulls a CUDA build)
 	$(PYTHON) -m pip install -q torch==2.13.0
@@ -84,7 +84,16 @@ demo-challenge: install  ## tiny MedSAM fine-tuned, exported as a CVPR 2025 subm
 		--output $(CHALLENGE)/challenge_eval
 	@echo "run folder: $(CHALLENGE)"
 
-test: install  ## run the test suite (CPU, a few minutes)
+browser:  ## Debian's chromium and chromedriver, which the web page's test drives (apt, as root)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+		echo "the web page's test needs Debian's chromium and chromium-driver:"; \
+		echo "  sudo apt-get install chromium chromium-driver"; exit 1; \
+	fi
+
+test: install browser  ## run the test suite (CPU, a few minutes)
 	$(PYTHON) -m pytest -q
 
 bench: install  ## speed and memory against the official implementations (markdown tables)
