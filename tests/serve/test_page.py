@@ -10,9 +10,6 @@ Set ``SEGFM_SCREENSHOT`` to a path to keep the page's screenshot there (the READ
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +25,7 @@ import segfm.serve.app
 import segfm.serve.session
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.serve.codec import unpack_mask
+from tests.serve.conftest import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -76,30 +74,6 @@ def _volume() -> np.ndarray:
     return np.rint(image).astype(np.int16)
 
 
-def _start_server(app: Any) -> tuple[Any, threading.Thread, str]:
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))  # a free port, kept bound so nothing else takes it
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + WAIT
-    while True:
-        try:
-            if requests.get(f"{url}/api/info", timeout=2).ok:
-                return server, thread, url
-        except requests.ConnectionError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            server.should_exit = True
-            pytest.fail(f"the test server on {url} did not answer within {WAIT:.0f} s")
-        time.sleep(0.05)
-
-
 def _start_browser(folder: Path) -> Any:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -138,8 +112,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     method = segfm.methods.SAMMed3D(arch="tiny", image_size=32).eval()
     session = segfm.serve.session.Session(method)
     app = segfm.serve.app.create_app(session, folder / "run")
-    server, thread, url = _start_server(app)
-    try:
+    with live_server(app) as url:
         driver = _start_browser(folder / "chrome")
         try:
             driver.get(url)
@@ -148,9 +121,6 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
             yield result
         finally:
             driver.quit()
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 # ------------------------------------------------------------------------------ helpers
