@@ -245,21 +245,20 @@ function configureViews() {
   for (const name of Object.keys(VIEWS)) setSlice(name, state.slices[name]);
 }
 
-/** Display sizes: one shrink factor (never enlarging) so every view fits its frame. */
+/**
+ * Display sizes: each view as large as its frame allows (canvas pixels stay whole voxels;
+ * the browser scales them without smoothing, so a pixel still maps back to one voxel).
+ */
 function fitViews() {
   if (!state.shape) return;
-  const names = Object.keys(VIEWS);
-  let factor = 1;
-  for (const name of names) {
+  for (const name of Object.keys(VIEWS)) {
     const { image } = views[name];
     const room = image.closest('.frame').clientWidth;
     const height = window.innerHeight * MAX_VIEW_HEIGHT;
-    factor = Math.min(factor, room / image.width, height / image.height);
-  }
-  for (const name of names) {
+    const factor = Math.min(room / image.width, height / image.height);
     for (const canvas of [views[name].image, views[name].ui]) {
-      canvas.style.width = `${canvas.width * factor}px`;
-      canvas.style.height = `${canvas.height * factor}px`;
+      canvas.style.width = `${Math.floor(canvas.width * factor)}px`;
+      canvas.style.height = `${Math.floor(canvas.height * factor)}px`;
     }
   }
 }
