@@ -128,6 +128,7 @@ class Session:
         self.history: list[Snapshot] = []
         self.lock = threading.Lock()
         self.latencies: list[tuple[str, float]] = []
+        self.last_seconds = 0.0
 
     # ------------------------------------------------------------------ image
     def model_input(self, array: np.ndarray) -> np.ndarray:
@@ -304,6 +305,7 @@ class Session:
             snapshot = self.history.pop()
             self.target = snapshot.target
             self.method.restore_case_state(image.model_input, snapshot.state)
+            self.last_seconds = 0.0  # nothing ran
         return self.mask
 
     # ---------------------------------------------------------------- running
