@@ -11,12 +11,16 @@ the windows' logits replace the global ones inside it (zoom-in). Differences, ea
 - a window where a class has no box or point (the global prediction does not reach it) decodes
   that class from its text alone, or keeps the global logits without text, instead of feeding
   SegVol's sentinel box ``[-1] * 6`` as a real prompt;
-- prompts are given on the volume's own grid and mapped onto each grid exactly (nearest).
+- prompts are given on the volume's own grid and mapped onto each grid exactly (nearest);
+- with a ``cache`` (an :class:`~segfm.inference.cache.EmbeddingCache` store of the volume), the
+  global embedding and every zoom-in window's are encoded once per volume: the next prompts on
+  the same volume (a click after a box) run the decoder, and the encoder only on windows not
+  seen yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -146,6 +150,7 @@ def zoom_out_zoom_in(
     image: Tensor,
     prompts: list[ClassPrompts],
     options: ZoomOptions | None = None,
+    cache: MutableMapping[Hashable, Tensor] | None = None,
 ) -> Tensor:
     """Segment the prompted classes of one volume.
 
@@ -154,6 +159,7 @@ def zoom_out_zoom_in(
         image: Intensities ``[1, D, H, W]`` of any size.
         prompts: One entry per class, each with at least one prompt.
         options: Zoom-in pass, window overlap, threshold and window batch (defaults: SegVol's).
+        cache: Embeddings of this volume by window, kept between calls (None: encode all).
 
     Returns:
         Logits ``[K, D, H, W]``, one channel per entry of ``prompts``.
@@ -177,7 +183,10 @@ def zoom_out_zoom_in(
         if p.points is not None:
             points = (map_index(p.points[0], shape, window), p.points[1])
         mapped.append(ClassPrompts(p.text, box, points))
-    low = _decode_groups(model, model.encode(small), mapped)
+    cache = {} if cache is None else cache
+    if ("global",) not in cache:
+        cache[("global",)] = model.encode(small)
+    low = _decode_groups(model, cache[("global",)], mapped)
     glob = torch.stack([low[k] for k in range(len(prompts))])  # [K, 1, *4g]
     logits = F.interpolate(model.postprocess(glob, window), size=shape, mode="nearest")[:, 0]
     if not zoom_in:
@@ -196,8 +205,25 @@ def zoom_out_zoom_in(
     roi_fg = F.pad(fg[(slice(None), *crop)], flat_pad)
     roi_global = F.pad(logits[(slice(None), *crop)], flat_pad)
 
+    def encoded(windows: Tensor, coords: list[list[slice]]) -> list[Tensor]:
+        # a window's pixels are those of the volume between these corners, zero-padded
+        keys = [
+            (
+                "window",
+                tuple(a + s.start for a, s in zip(lo, where[2:], strict=True)),
+                tuple(min(b, a + s.stop) for a, b, s in zip(lo, hi, where[2:], strict=True)),
+            )
+            for where in coords
+        ]
+        missing = [w for w, key in enumerate(keys) if key not in cache]
+        if missing:
+            fresh = model.encode(windows[missing])
+            for i, w in enumerate(missing):
+                cache[keys[w]] = fresh[i : i + 1]
+        return [cache[key] for key in keys]
+
     def predictor(windows: Tensor, coords: list[list[slice]]) -> Tensor:
-        embeddings = model.encode(windows)
+        embeddings = encoded(windows, coords)
         out = []
         for w, where in enumerate(coords):
             spatial = where[2:]
@@ -217,7 +243,7 @@ def zoom_out_zoom_in(
                     )
                 )
                 local.append(ClassPrompts(p.text, box, points))
-            low = _decode_groups(model, embeddings[w : w + 1], local)
+            low = _decode_groups(model, embeddings[w], local)
             fallback = roi_global[(slice(None), *spatial)]
             full = [
                 model.postprocess(low[k][None], window)[0, 0] if k in low else fallback[k]

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from segfm.checkpoints.segvol import load_into, load_official
 from segfm.evaluation.options import Evaluation
+from segfm.inference.cache import EmbeddingCache
 from segfm.inference.zoom import ZoomOptions
 from segfm.losses.dice_bce import dice_bce
 from segfm.methods.segvol_inference import SegVolInference
@@ -189,6 +190,7 @@ class SegVol(SegVolInference):
         if isinstance(inference, dict):  # from a checkpoint's or a config's plain data
             inference = ZoomOptions(**inference)
         self.inference = inference or ZoomOptions()
+        self._cache = EmbeddingCache()  # the volume being segmented: its windows' embeddings
         self.prompt, self.normalize = prompt, normalize
         self.warmup_epochs = warmup_epochs
         self.lr_schedule = lr_schedule

@@ -122,8 +122,9 @@ class SegVolInference(BaseTask):
         self, image: Tensor, prompts: list[ClassPrompts], ids: list[int]
     ) -> tuple[Tensor, Tensor]:
         """Zoom-out-zoom-in of ``image [D, H, W]``: probabilities ``[K, *S]`` and the label map."""
+        store = self._cache.store(image, self.model)  # keyed on the volume as given
         image = self._normalize(image[None, None])[0]
-        logits = zoom_out_zoom_in(self.model, image, prompts, self.inference)
+        logits = zoom_out_zoom_in(self.model, image, prompts, self.inference, store)
         prob = torch.sigmoid(logits)
         seg = torch.zeros(image.shape[1:], dtype=torch.long, device=image.device)
         if ids:

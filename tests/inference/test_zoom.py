@@ -57,3 +57,42 @@ def test_zoom_in_box_mode_without_text_keeps_global_logits_where_no_box(model: S
     box = torch.tensor([0.0, 0, 0, 23, 47, 47])
     logits = zoom_out_zoom_in(model, image, [ClassPrompts(box=box)], ZoomOptions(zoom_in=True))
     assert logits.shape == (1, 24, 48, 48) and torch.isfinite(logits).all()
+
+
+class _Counting:
+    """Counts the windows a network encodes."""
+
+    def __init__(self, model) -> None:
+        self.model, self.windows = model, 0
+        self.roi_size, self.postprocess, self.decode = (
+            model.roi_size,
+            model.postprocess,
+            model.decode,
+        )
+
+    def encode(self, image):
+        self.windows += image.shape[0]
+        return self.model.encode(image)
+
+
+def test_a_cache_encodes_each_window_once_and_changes_nothing(model: SegVol) -> None:
+    image = torch.rand(1, 24, 48, 48)
+    box = torch.tensor([4.0, 6, 8, 18, 40, 36])
+    clicks = (torch.tensor([[10.0, 20, 20], [12.0, 30, 12]]), torch.tensor([1.0, 0.0]))
+    counting = _Counting(model)
+    cache: dict = {}
+    cached = [
+        zoom_out_zoom_in(counting, image, [ClassPrompts(box=box)], cache=cache),
+    ]
+    first = counting.windows
+    cached.append(
+        zoom_out_zoom_in(counting, image, [ClassPrompts(box=box, points=clicks)], cache=cache)
+    )
+    assert first > 1 and counting.windows == first  # zoom-in ran; the click encoded nothing
+    reference = [
+        zoom_out_zoom_in(model, image, [ClassPrompts(box=box)]),
+        zoom_out_zoom_in(model, image, [ClassPrompts(box=box, points=clicks)]),
+    ]
+    for got, expected in zip(cached, reference, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert ("global",) in cache and len(cache) == first
