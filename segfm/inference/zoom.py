@@ -206,12 +206,13 @@ def zoom_out_zoom_in(
     roi_global = F.pad(logits[(slice(None), *crop)], flat_pad)
 
     def encoded(windows: Tensor, coords: list[list[slice]]) -> list[Tensor]:
-        # a window's pixels are those of the volume between these corners, zero-padded
+        # a window's pixels are those of the volume between these corners, zero-padded; plain
+        # ints (MONAI's are numpy's), so the keys load with torch.load(weights_only=True)
         keys = [
             (
                 "window",
-                tuple(a + s.start for a, s in zip(lo, where[2:], strict=True)),
-                tuple(min(b, a + s.stop) for a, b, s in zip(lo, hi, where[2:], strict=True)),
+                tuple(int(a + s.start) for a, s in zip(lo, where[2:], strict=True)),
+                tuple(int(min(b, a + s.stop)) for a, b, s in zip(lo, hi, where[2:], strict=True)),
             )
             for where in coords
         ]

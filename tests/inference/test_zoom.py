@@ -96,3 +96,15 @@ def test_a_cache_encodes_each_window_once_and_changes_nothing(model: SegVol) -> 
     for got, expected in zip(cached, reference, strict=True):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
     assert ("global",) in cache and len(cache) == first
+
+
+def test_cache_keys_are_plain_data(model: SegVol, tmp_path) -> None:
+    """The keys save and load with weights_only (the challenge keeps them between processes)."""
+    cache: dict = {}
+    box = torch.tensor([4.0, 6, 8, 18, 40, 36])
+    zoom_out_zoom_in(
+        _Constant(model, 5.0), torch.rand(1, 24, 48, 48), [ClassPrompts(box=box)], cache=cache
+    )
+    torch.save(cache, tmp_path / "cache.pt")
+    loaded = torch.load(tmp_path / "cache.pt", weights_only=True)
+    assert loaded.keys() == cache.keys() and len(cache) > 1
