@@ -98,3 +98,24 @@ def test_serve_needs_exactly_one_model(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()  # a failed start leaves no run folder
     with pytest.raises(CheckpointError, match=r"missing\.ckpt"):
         main(["serve", "--ckpt_path", str(tmp_path / "missing.ckpt"), "--run_dir", str(tmp_path)])
+
+
+def test_a_config_and_an_official_file(tmp_path: Path) -> None:
+    """``--config`` gives the method and its init arguments, ``--checkpoint`` the weights."""
+    from segfm.checkpoints.sam_med3d import save_official
+    from segfm.commands.serve import _method
+
+    torch.manual_seed(3)
+    released = SAMMed3D(arch="tiny", image_size=32)
+    official = save_official(released.model, tmp_path / "official.pth")
+    config = tmp_path / "eval.yaml"
+    config.write_text(
+        "model:\n  class_path: segfm.methods.SAMMed3D\n  init_args:\n"
+        "    arch: tiny\n    image_size: 32\n    checkpoint: elsewhere.pth\n"
+    )
+    method = _method(None, None, None, str(official), str(config), "cpu")
+    assert isinstance(method, SAMMed3D) and not method.training
+    for key, value in released.state_dict().items():
+        assert torch.equal(method.state_dict()[key], value), key
+    with pytest.raises(ConfigError, match="--checkpoint needs --method"):
+        _method(None, None, None, str(official), None, "cpu")
