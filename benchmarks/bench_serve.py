@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import wait_until_serving  # noqa: E402
 from data_tools.synthetic_npz import SEMANTIC, make_dataset  # noqa: E402
 from data_tools.tiny_clip import write_tiny_clip  # noqa: E402
 from segfm.prompts import center_error_click  # noqa: E402
@@ -101,19 +102,10 @@ def run(name: str, ckpt: Path, image: np.ndarray, target: np.ndarray, tmp: Path)
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "segfm", "serve", "--ckpt_path", str(ckpt), "--port"]
     command += [str(port), "--run_dir", str(tmp / f"run_{name}"), "--device", "cpu"]
-    start = time.perf_counter()
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     try:
-        while True:
-            try:
-                requests.get(f"{url}/api/info", timeout=1)
-                break
-            except requests.ConnectionError:
-                if process.poll() is not None:
-                    raise RuntimeError(process.stdout.read().decode()) from None
-                time.sleep(0.05)
-        startup = time.perf_counter() - start
+        startup = wait_until_serving(url, process)
         files = {"file": ("volume.npy", _npy(image), "application/octet-stream")}
         _, upload = _timed(f"{url}/upload_image", files=files)
         empty = gzip.compress(_npy(np.zeros(image.shape, np.uint8)))

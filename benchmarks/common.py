@@ -86,3 +86,51 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+#: Debian's chromium, headless, with nothing that reaches for the network
+CHROMIUM_ARGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def chromium(user_data_dir: str | Path, window: str = "1400,1000") -> Any:
+    """Headless Debian chromium driven by selenium (``/usr/bin/chromium``, ``chromedriver``)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in (*CHROMIUM_ARGS, f"--window-size={window}", f"--user-data-dir={user_data_dir}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(
+        service=Service(executable_path="/usr/bin/chromedriver"), options=options
+    )
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 300) -> float:
+    """Seconds until ``segfm serve`` at ``url`` answers; raises if its process ends first."""
+    import requests
+
+    start = time.perf_counter()
+    while True:
+        try:
+            requests.get(f"{url}/api/info", timeout=1)
+            return time.perf_counter() - start
+        except requests.ConnectionError:
+            if process.poll() is not None:
+                out = process.stdout.read().decode() if process.stdout else ""
+                msg = f"segfm serve ended with status {process.returncode} before answering\n{out}"
+                raise RuntimeError(msg) from None
+            if time.perf_counter() - start > timeout:
+                msg = f"segfm serve did not answer at {url} within {timeout:.0f} s"
+                raise RuntimeError(msg) from None
+            time.sleep(0.05)

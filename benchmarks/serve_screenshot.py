@@ -25,24 +25,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import chromium, wait_until_serving  # noqa: E402
 from segfm.data.io.nifti import read_nifti  # noqa: E402
-
-ARGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,800",
-)
 
 
 def _wait(driver, condition: str, timeout: float = 120) -> None:
@@ -57,8 +45,6 @@ def _wait(driver, condition: str, timeout: float = 120) -> None:
 
 def main() -> None:
     """Serve, prompt, save the screenshot."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,22 +71,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         driver = None
         try:
-            while True:
-                try:
-                    requests.get(f"{url}/api/info", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    if server.poll() is not None:
-                        msg = "segfm serve did not start"
-                        raise SystemExit(msg) from None
-                    time.sleep(0.2)
-            options = webdriver.ChromeOptions()
-            options.binary_location = "/usr/bin/chromium"
-            for arg in (*ARGS, f"--user-data-dir={tmp}/chrome"):
-                options.add_argument(arg)
-            driver = webdriver.Chrome(
-                service=Service(executable_path="/usr/bin/chromedriver"), options=options
-            )
+            wait_until_serving(url, server)
+            driver = chromium(f"{tmp}/chrome", window="1400,800")
             driver.get(url)
             _wait(driver, "segfm.done > 0 && !segfm.busy")
             done = driver.execute_script("return segfm.done")

@@ -23,23 +23,13 @@ import torch
 import segfm.methods
 import segfm.serve.app
 import segfm.serve.session
+from benchmarks.common import chromium
 from segfm.data.io.nifti import read_nifti, write_nifti
 from segfm.serve.codec import unpack_mask
 from tests.serve.conftest import live_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-CHROME_ARGS = (
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,1000",
-)
 SHAPE = (24, 48, 48)  # (Z, Y, X)
 #: voxel sizes (x, y, z) in the file's axis order, and where voxel 0 lies (mm)
 ZOOMS, ORIGIN = (0.8, 0.8, 2.0), (-19.2, 12.5, 40.0)
@@ -74,19 +64,6 @@ def _volume() -> np.ndarray:
     return np.rint(image).astype(np.int16)
 
 
-def _start_browser(folder: Path) -> Any:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in CHROME_ARGS:
-        options.add_argument(arg)
-    options.add_argument(f"--user-data-dir={folder}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
-
-
 def _missing_browser() -> str | None:
     """Why the browser cannot run, or None."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.is_file()]
@@ -113,7 +90,7 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     session = segfm.serve.session.Session(method)
     app = segfm.serve.app.create_app(session, folder / "run")
     with live_server(app) as url:
-        driver = _start_browser(folder / "chrome")
+        driver = chromium(folder / "chrome")
         try:
             driver.get(url)
             result = Page(driver, url, session, nifti, affine)
