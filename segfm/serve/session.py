@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -72,6 +72,14 @@ class Target:
     mask: np.ndarray | None = None
     previous: Tensor | None = None
     text: str | None = None
+
+    def fork(self) -> Target:
+        """A copy to change, with its own prompt lists.
+
+        The mask and the previous label map are shared: a prompt replaces them and nothing
+        changes them in place, so no volume is copied per prompt.
+        """
+        return replace(self, prompt=copy.deepcopy(self.prompt))
 
 
 @dataclass
@@ -127,8 +135,7 @@ class Session:
         self.target = Target()
         self.history: list[Snapshot] = []
         self.lock = threading.Lock()
-        self.latencies: list[tuple[str, float]] = []
-        self.last_seconds = 0.0
+        self.last_seconds = 0.0  # of the last upload or prompt (the X-Segfm-Seconds header)
 
     # ------------------------------------------------------------------ image
     def model_input(self, array: np.ndarray) -> np.ndarray:
@@ -168,7 +175,7 @@ class Session:
             model_input = torch.from_numpy(self.model_input(array)).to(self.device)
             self.image = Image(array, model_input, spacing, np.asarray(affine), name)
             self.target, self.history = Target(), []
-            self._record("upload", time.perf_counter() - start)
+            self.last_seconds = time.perf_counter() - start
             log.info("image %s: shape %s, spacing %s", name, list(array.shape), spacing)
         return self.image
 
@@ -195,15 +202,15 @@ class Session:
         """
         image = self.require_image()
         with self.lock:
-            self.target, self.history = Target(), []
-            if mask is None or not mask.any():
-                return
-            if tuple(mask.shape) != image.shape:
+            if mask is not None and tuple(mask.shape) != image.shape:
                 msg = (
                     f"the segment has shape {tuple(mask.shape)} but the image {image.shape}; "
                     "send a mask of the uploaded image's shape"
                 )
                 raise RequestError(msg)
+            self.target, self.history = Target(), []
+            if mask is None or not mask.any():
+                return
             binary = (mask > 0).astype(np.uint8)
             self.target.mask = binary
             self.target.previous = torch.from_numpy(binary.astype(np.int64)).to(self.device)
@@ -329,8 +336,8 @@ class Session:
     def _interact(self, kind: str, change: Callable[[Target], None]) -> np.ndarray:
         image = self.require_image()
         with self.lock:
-            before = Snapshot(copy.deepcopy(self.target), self.method.case_state())
-            target = copy.deepcopy(self.target)
+            before = Snapshot(self.target, self.method.case_state())
+            target = self.target.fork()
             change(target)
             start = time.perf_counter()
             try:
@@ -345,10 +352,6 @@ class Session:
             target.mask = (seg == TARGET).to(torch.uint8).cpu().numpy()
             self.target = target
             self.history = [*self.history, before][-self.history_size :]
-            self._record(kind, seconds)
+            self.last_seconds = seconds
             log.info("%s: %.3f s, %d voxels", kind, seconds, int(target.mask.sum()))
             return target.mask
-
-    def _record(self, kind: str, seconds: float) -> None:
-        self.latencies = [*self.latencies, (kind, seconds)][-1000:]
-        self.last_seconds = seconds
